@@ -1,0 +1,12 @@
+"""The one exception type that reaches users as a clean one-line message.
+
+Anything a user typed (config files, ``--set`` values, paths, checkpoints) that turns out to be
+wrong raises :class:`UserError`. The CLI prints ``error: <message>`` and exits with status 2, with
+no traceback. Everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user; the message names the bad value and what is allowed."""
+
+    exit_code = 2
