@@ -1,0 +1,398 @@
+"""Barrier math: state dicts, weights, a layer list and an evaluator in; numbers out.
+
+Everything here follows ``shared/docs/BARRIERS.md`` (the contract) and reduces to the two-model
+formulas of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024, arXiv 2307.06966)
+for K = 2 and p = (1/2, 1/2). No Flower, no I/O: the hook (``fedbarrier.hook``) feeds these
+functions with the clients' models and the server's data.
+
+The work is split the way loss-landscapes splits it: *which models* (this module builds named
+variants: endpoints, averages, layer mixtures, interpolations), *how a model is scored* (an
+``evaluate_many`` callable, see ``fedbarrier.evaluator``) and *what the numbers mean* (barriers
+computed from the scored variants). Every scored variant is kept (``BarrierResult.evaluated``) so
+any barrier can be recomputed from a record.
+
+Variants reuse the very tensor objects of the inputs and of one shared average (no copies), so
+identical variants (e.g. the shallow group of all L layers and the full average) are detected by
+tensor identity and evaluated once; an evaluator can also share activations between variants that
+agree on their first layers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+StateDict = Mapping[str, torch.Tensor]
+LayerGroups = Mapping[str, Sequence[str]]
+Metrics = Mapping[str, float]
+EvaluateMany = Callable[[Sequence[StateDict]], Sequence[Metrics]]
+
+FAMILIES = ("full", "per_layer", "cumulative", "curve")
+METRICS = ("loss", "error")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building models (variants)
+# ---------------------------------------------------------------------------------------------
+def normalize_weights(weights: Sequence[float], num_clients: int) -> list[float]:
+    """Aggregation weights p_k summing to 1 (inputs may be example counts)."""
+    w = [float(x) for x in weights]
+    if len(w) != num_clients:
+        raise ValueError(f"got {len(w)} weights for {num_clients} client models")
+    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be finite, non-negative and not all zero, got {w}")
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def average_states(states: Sequence[StateDict], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Weighted average sum_k p_k theta_k of floating tensors (computed in float64).
+
+    Non-floating tensors (integer buffers such as BatchNorm's step counter) cannot be averaged;
+    they are taken from the first model.
+    """
+    p = normalize_weights(weights, len(states))
+    out: dict[str, torch.Tensor] = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            out[key] = first
+            continue
+        acc = torch.zeros_like(first, dtype=torch.float64)
+        for pk, state in zip(p, states):
+            acc.add_(state[key].to(torch.float64), alpha=pk)
+        out[key] = acc.to(first.dtype)
+    return out
+
+
+def mix_layers(
+    default: StateDict, average: StateDict, groups: LayerGroups, layers: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """theta_bar_S^(d): the average on the layers in S, the default model everywhere else.
+
+    Returns a new dict holding the *same tensor objects* as its inputs (no copies).
+    """
+    from_average = {key for layer in layers for key in groups[layer]}
+    return {k: (average[k] if k in from_average else v) for k, v in default.items()}
+
+
+def interpolate(
+    a: StateDict, b: StateDict, alpha: float, keys: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """(1 - alpha) a + alpha b on ``keys`` (all keys if None), ``a`` elsewhere.
+
+    At alpha = 0 and alpha = 1 the endpoint tensors themselves are returned, so the ends of an
+    interpolation path are exactly the endpoints (loss-landscapes never evaluates alpha = 0).
+    """
+    chosen = set(a) if keys is None else set(keys)
+    out: dict[str, torch.Tensor] = {}
+    for k, va in a.items():
+        if k not in chosen:
+            out[k] = va
+        elif alpha == 0.0:
+            out[k] = va
+        elif alpha == 1.0 or not va.is_floating_point():
+            out[k] = b[k] if alpha == 1.0 else va
+        else:
+            out[k] = torch.lerp(va, b[k], alpha)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Summary:
+    """One barrier measured once per default client, with its p-weighted mean and max."""
+
+    per_default: list[float]
+    mean: float
+    max: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {"per_default": self.per_default, "mean": self.mean, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Pairwise interpolation between clients A and B on an alpha grid."""
+
+    pair: tuple[int, int]
+    alphas: list[float]
+    values: list[float]  # raw metric of (1 - alpha) theta_A + alpha theta_B
+    barrier: list[float]  # values minus the linear interpolation of the endpoint values
+    max: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {"pair": list(self.pair), "alphas": self.alphas, "values": self.values,
+                "barrier": self.barrier, "max": self.max}
+
+
+@dataclass
+class BarrierResult:
+    """Everything one measurement produced, for every metric (``loss``, ``error``, ...)."""
+
+    layers: list[str]
+    weights: list[float]
+    defaults: list[int]
+    endpoint: dict[str, list[float]] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
+    full: dict[str, float] = field(default_factory=dict)
+    per_layer: dict[str, dict[str, Summary]] = field(default_factory=dict)
+    shallow: dict[str, list[Summary]] = field(default_factory=dict)
+    deep: dict[str, list[Summary]] = field(default_factory=dict)
+    window: dict[str, list[Summary]] = field(default_factory=dict)
+    window_size: int = 0
+    random: dict[str, list[list[Summary]]] = field(default_factory=dict)
+    random_orders: list[list[str]] = field(default_factory=list)
+    curve: dict[str, Curve] = field(default_factory=dict)
+    evaluated: dict[str, dict[str, float]] = field(default_factory=dict)
+    num_evaluated: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serializable dict; cumulative lists are indexed by k - 1 (k layers)."""
+        rec: dict[str, Any] = {
+            "layers": self.layers,
+            "weights": self.weights,
+            "defaults": self.defaults,
+            "endpoint": self.endpoint,
+            "reference": self.reference,
+            "full": self.full,
+            "per_layer": {m: {layer: s.to_record() for layer, s in by_layer.items()}
+                          for m, by_layer in self.per_layer.items()},
+            "shallow": {m: [s.to_record() for s in v] for m, v in self.shallow.items()},
+            "deep": {m: [s.to_record() for s in v] for m, v in self.deep.items()},
+            "curve": {m: c.to_record() for m, c in self.curve.items()},
+            "evaluated": self.evaluated,
+            "num_evaluated": self.num_evaluated,
+        }
+        if self.window:
+            rec["window"] = {"size": self.window_size,
+                             **{m: [s.to_record() for s in v] for m, v in self.window.items()}}
+        if self.random:
+            rec["random"] = {"orders": self.random_orders,
+                             **{m: [[s.to_record() for s in order] for order in v]
+                                for m, v in self.random.items()}}
+        return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurement
+# ---------------------------------------------------------------------------------------------
+def _check_inputs(states: Sequence[StateDict], groups: LayerGroups) -> None:
+    if not states:
+        raise ValueError("need at least one client model")
+    keys = list(states[0])
+    for k, state in enumerate(states[1:], start=1):
+        if list(state) != keys:
+            raise ValueError(f"client model {k} has different state-dict keys than model 0")
+    grouped = [key for layer_keys in groups.values() for key in layer_keys]
+    if sorted(grouped) != sorted(keys):
+        missing = sorted(set(keys) - set(grouped))
+        extra = sorted(set(grouped) - set(keys))
+        raise ValueError(f"layer groups must cover the state-dict keys exactly once "
+                         f"(missing {missing}, unknown {extra})")
+
+
+def _cumulative(order: Sequence[str]) -> list[list[str]]:
+    return [list(order[:k]) for k in range(1, len(order) + 1)]
+
+
+def measure_barriers(
+    states: Sequence[StateDict],
+    weights: Sequence[float],
+    groups: LayerGroups,
+    evaluate_many: EvaluateMany,
+    *,
+    families: Sequence[str] = FAMILIES,
+    metrics: Sequence[str] = METRICS,
+    defaults: Sequence[int] | None = None,
+    curve_pair: tuple[int, int] = (0, 1),
+    curve_points: int = 11,
+    window: int = 0,
+    random_orders: int = 0,
+    seed: int = 0,
+) -> BarrierResult:
+    """Measure the barriers of BARRIERS.md between K client models.
+
+    Parameters
+    ----------
+    states
+        The K client models theta_k (never modified).
+    weights
+        Aggregation weights p_k, or example counts (normalized here).
+    groups
+        Ordered layers, input to output: ``{layer: [state-dict keys]}`` covering every key.
+    evaluate_many
+        Scores a list of models on one fixed data sample, returning ``{metric: value}`` each.
+    families
+        Subset of ``("full", "per_layer", "cumulative", "curve")``. Endpoints are always scored.
+    defaults
+        Default clients d for layer-set barriers (all clients if None). Their mean is weighted
+        by p renormalized over the chosen defaults.
+    curve_pair, curve_points
+        Clients A, B and the number of alphas on the grid in [0, 1] (ends included).
+    window
+        Moving-window size for the extra cumulative order (0: none).
+    random_orders
+        Number of seeded random layer orders for cumulative barriers (0: none).
+    """
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown barrier families {sorted(unknown)}; allowed: {FAMILIES}")
+    _check_inputs(states, groups)
+    num = len(states)
+    p = normalize_weights(weights, num)
+    layers = list(groups)
+    chosen = list(range(num)) if defaults is None else sorted(set(defaults))
+    if not chosen or any(not 0 <= d < num for d in chosen):
+        raise ValueError(f"default clients must be a non-empty subset of 0..{num - 1}, got {defaults}")
+    average = average_states(states, p)
+
+    # 1. Name every model to score.
+    variants: dict[str, dict[str, torch.Tensor]] = {
+        f"endpoint/{k}": dict(s) for k, s in enumerate(states)
+    }
+    if "full" in families:
+        variants["full"] = dict(average)
+
+    def add_layer_sets(prefix: str, sets: Sequence[Sequence[str]]) -> None:
+        for i, layer_set in enumerate(sets):
+            for d in chosen:
+                variants[f"{prefix}/{i + 1}/d{d}"] = mix_layers(states[d], average, groups, layer_set)
+
+    if "per_layer" in families:
+        for layer in layers:
+            for d in chosen:
+                variants[f"layer/{layer}/d{d}"] = mix_layers(states[d], average, groups, [layer])
+    rng = np.random.default_rng(seed)
+    orders = [list(rng.permutation(layers)) for _ in range(random_orders)]
+    windows = ([layers[i:i + window] for i in range(len(layers) - window + 1)]
+               if window > 0 else [])
+    if "cumulative" in families:
+        add_layer_sets("shallow", _cumulative(layers))
+        add_layer_sets("deep", _cumulative(layers[::-1]))
+        add_layer_sets("window", windows)
+        for r, order in enumerate(orders):
+            add_layer_sets(f"random{r}", _cumulative(order))
+    alphas: list[float] = []
+    if "curve" in families and num >= 2:
+        a, b = curve_pair
+        alphas = [i / (curve_points - 1) for i in range(curve_points)] if curve_points > 1 else [0.0]
+        for alpha in alphas:
+            variants[f"curve/{alpha:.6g}"] = interpolate(states[a], states[b], alpha)
+
+    # 2. Score each distinct model once (identity of tensors = identity of models).
+    keys = list(states[0])
+    unique: dict[tuple[int, ...], int] = {}
+    to_score: list[dict[str, torch.Tensor]] = []
+    slot: dict[str, int] = {}
+    for name, variant in variants.items():
+        signature = tuple(id(variant[k]) for k in keys)
+        if signature not in unique:
+            unique[signature] = len(to_score)
+            to_score.append(variant)
+        slot[name] = unique[signature]
+    scores = list(evaluate_many(to_score))
+    if len(scores) != len(to_score):
+        raise ValueError(f"evaluator returned {len(scores)} results for {len(to_score)} models")
+    evaluated = {name: {m: float(scores[i][m]) for m in metrics} for name, i in slot.items()}
+
+    # 3. Barriers are differences to the endpoint reference E = sum_k p_k L(theta_k).
+    result = BarrierResult(layers=layers, weights=p, defaults=chosen, evaluated=evaluated,
+                           num_evaluated=len(to_score), window_size=window if windows else 0,
+                           random_orders=orders)
+    p_chosen = [p[d] for d in chosen]
+    p_total = sum(p_chosen)
+
+    def summary(metric: str, prefix: str, ref: float) -> Summary:
+        values = [evaluated[f"{prefix}/d{d}"][metric] - ref for d in chosen]
+        mean = (sum(w * v for w, v in zip(p_chosen, values)) / p_total if p_total > 0
+                else float(np.mean(values)))
+        return Summary(per_default=values, mean=mean, max=max(values))
+
+    for m in metrics:
+        endpoint = [evaluated[f"endpoint/{k}"][m] for k in range(num)]
+        ref = sum(pk * v for pk, v in zip(p, endpoint))
+        result.endpoint[m] = endpoint
+        result.reference[m] = ref
+        if "full" in families:
+            result.full[m] = evaluated["full"][m] - ref
+        if "per_layer" in families:
+            result.per_layer[m] = {layer: summary(m, f"layer/{layer}", ref) for layer in layers}
+        if "cumulative" in families:
+            result.shallow[m] = [summary(m, f"shallow/{k}", ref) for k in range(1, len(layers) + 1)]
+            result.deep[m] = [summary(m, f"deep/{k}", ref) for k in range(1, len(layers) + 1)]
+            if windows:
+                result.window[m] = [summary(m, f"window/{i}", ref)
+                                    for i in range(1, len(windows) + 1)]
+            if orders:
+                result.random[m] = [[summary(m, f"random{r}/{k}", ref)
+                                     for k in range(1, len(layers) + 1)]
+                                    for r in range(len(orders))]
+        if alphas:
+            a, b = curve_pair
+            values = [evaluated[f"curve/{alpha:.6g}"][m] for alpha in alphas]
+            base = [(1 - alpha) * endpoint[a] + alpha * endpoint[b] for alpha in alphas]
+            # The ends are the endpoints themselves (see `interpolate`), so they are exactly 0.
+            barrier = [v - lin for v, lin in zip(values, base)]
+            result.curve[m] = Curve(pair=(a, b), alphas=alphas, values=values, barrier=barrier,
+                                    max=max(barrier))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Distances
+# ---------------------------------------------------------------------------------------------
+def _flat(state: StateDict, keys: Sequence[str]) -> torch.Tensor:
+    parts = [state[k].detach().reshape(-1).to(torch.float64) for k in keys
+             if state[k].is_floating_point()]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
+    nu, nv = float(u.norm()), float(v.norm())
+    return float(u @ v) / (nu * nv) if nu > 0 and nv > 0 else 0.0
+
+
+def _distances(vectors: list[torch.Tensor], avg: torch.Tensor,
+               reference: torch.Tensor | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "l2_to_avg": [float((v - avg).norm()) for v in vectors],
+        "cos_to_avg": [_cos(v, avg) for v in vectors],
+    }
+    pairs = list(itertools.combinations(range(len(vectors)), 2))
+    out["pairwise_l2"] = (float(np.mean([float((vectors[i] - vectors[j]).norm()) for i, j in pairs]))
+                          if pairs else 0.0)
+    out["pairwise_cos"] = (float(np.mean([_cos(vectors[i], vectors[j]) for i, j in pairs]))
+                           if pairs else 1.0)
+    if reference is not None:
+        out["drift"] = [float((v - reference).norm()) for v in vectors]
+    return out
+
+
+def layer_distances(
+    states: Sequence[StateDict],
+    weights: Sequence[float],
+    groups: LayerGroups,
+    reference: StateDict | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per layer and for the whole model (key ``"model"``): L2 distance and cosine similarity of
+    each client to the p-weighted average, mean pairwise L2 and cosine between clients, and (when
+    ``reference``, the model the clients received, is given) each client's L2 drift from it."""
+    _check_inputs(states, groups)
+    average = average_states(states, weights)
+    out: dict[str, dict[str, Any]] = {}
+    scopes = {**{layer: list(keys) for layer, keys in groups.items()},
+              "model": [k for keys in groups.values() for k in keys]}
+    for scope, keys in scopes.items():
+        ref = None
+        if reference is not None and all(k in reference for k in keys):
+            ref = _flat(reference, keys)
+        out[scope] = _distances([_flat(s, keys) for s in states], _flat(average, keys), ref)
+    return out

@@ -1,0 +1,115 @@
+"""Plain PyTorch local training and evaluation on in-memory tensors (no Flower here).
+
+The loop is deliberately the one a researcher would write by hand: shuffle indices with a seeded
+generator, index the tensors, SGD step. Benchmarks compare fedbarrier's rounds against exactly this.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbarrier.errors import UserError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' picks CUDA when available; an explicit CUDA device must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device = {spec!r} but no CUDA device is available; use auto or cpu")
+    return torch.device(spec)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, client id, round...), stable across processes."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+def lr_at(progress: float, base_lr: float, schedule: str, warmup: float) -> float:
+    """Learning rate at ``progress`` in [0, 1] of the whole run.
+
+    ``cosine``: linear warm-up over the first ``warmup`` fraction, then cosine decay to 0.
+    """
+    if schedule == "constant":
+        return base_lr
+    if warmup > 0 and progress < warmup:
+        return base_lr * (progress + 1e-12) / warmup
+    rest = (progress - warmup) / max(1e-12, 1.0 - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, rest))))
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean training loss over all steps of this call
+    steps: int
+    examples: int  # examples seen (epochs x partition size)
+    diverged: bool  # a non-finite loss was met (training stopped there)
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: Callable[[int, int], float],
+    momentum: float,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+) -> TrainStats:
+    """SGD with momentum and weight decay; ``lr(step, total_steps)`` gives each step's rate."""
+    model.to(device).train()
+    x, y = x.to(device), y.to(device)
+    n = len(y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr(0, 1), momentum=momentum,
+                                weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    loss_sum, step = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = lr(step, total)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return TrainStats(loss=value, steps=step, examples=step * batch_size, diverged=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += value
+            step += 1
+    return TrainStats(loss=loss_sum / max(1, step), steps=step, examples=epochs * n, diverged=False)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) in eval mode; (nan, nan) on empty data."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.to(device).eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / len(y), 100.0 * correct / len(y)
