@@ -1,0 +1,1 @@
+"""Figures for fedbarrier runs, drawn on ``matplotlib.figure.Figure`` (no pyplot state)."""
