@@ -73,7 +73,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _f("cnn", "architecture", choices=MODELS)
-    width: int = _f(0, "channel/width multiplier where the model has one (0 = its default)", min=0)
+    width: int = _f(0, "base channels (cnn, resnet18, vgg11) or hidden units (mlp); "
+                    "0 = the model's default", min=0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""Who holds which data: the dataset, its partition over clients, and the server's data access.
+
+Every process (the server and each simulated client) rebuilds the same partition from the config
+and seed, so no data is ever shipped between processes. Results are cached per process.
+
+Privacy boundary
+----------------
+A client reads only its own part (:meth:`Federation.client_train`, :meth:`Federation.client_test`).
+The server reads client data through exactly one path, :func:`server_sample`, and only to measure
+barriers (``split = "train"``: the union of the participating clients' local training data, the
+global task of BARRIERS.md) and to evaluate on the global test set (``split = "test"``). Under
+Flower's Deployment Engine no client data exists on the server; there the barrier data must be a
+server-side validation set (``split = "test"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fedbarrier.config import DataConfig
+from fedbarrier.data import DatasetSplits, ImageDataset, SyntheticSpec, load_dataset
+from fedbarrier.errors import UserError
+from fedbarrier.task import derive_seed
+from partitions import PartitionStats, partition_labels, partition_stats, split_train_test
+
+# Stream ids for derive_seed, so that partitions, splits and samples never share random numbers.
+_PARTITION, _SPLIT, _SAMPLE = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The dataset and each client's local train/test indices into its training split."""
+
+    splits: DatasetSplits
+    train_parts: list[np.ndarray]
+    test_parts: list[np.ndarray]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train_parts)
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.train.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.splits.train.input_shape
+
+    def client_train(self, client: int) -> ImageDataset:
+        return self.splits.train.subset(self.train_parts[client])
+
+    def client_test(self, client: int) -> ImageDataset:
+        return self.splits.train.subset(self.test_parts[client])
+
+    def stats(self) -> PartitionStats:
+        labels = self.splits.train.y.numpy()
+        return partition_stats(labels, self.train_parts, self.test_parts, self.num_classes)
+
+
+def synthetic_spec(cfg: DataConfig, seed: int) -> SyntheticSpec:
+    c, h, w = cfg.synthetic_shape
+    return SyntheticSpec(num_classes=cfg.synthetic_classes, input_shape=(c, h, w),
+                         train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size,
+                         seed=seed, noise=cfg.synthetic_noise)
+
+
+@lru_cache(maxsize=4)
+def federation(cfg: DataConfig, seed: int) -> Federation:
+    """Load the dataset and partition it; the same (cfg, seed) gives the same partition anywhere."""
+    spec = synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
+    splits = load_dataset(cfg.dataset, cfg.data_dir or None, download=cfg.download, synthetic=spec)
+    labels = splits.train.y.numpy()
+    if cfg.num_clients > len(labels):
+        raise UserError(f"data.num_clients = {cfg.num_clients} exceeds the {len(labels)} training "
+                        f"examples of {cfg.dataset}")
+    parts = partition_labels(labels, cfg.num_clients, cfg.partition,
+                             seed=derive_seed(seed, _PARTITION), alpha=cfg.alpha,
+                             min_partition_size=cfg.min_partition_size,
+                             classes_per_client=cfg.classes_per_client)
+    train_parts, test_parts = split_train_test(parts, cfg.test_fraction,
+                                               seed=derive_seed(seed, _SPLIT))
+    empty = [k for k, part in enumerate(train_parts) if len(part) == 0]
+    if empty:
+        raise UserError(f"client {empty[0]} gets no training examples with data.partition = "
+                        f"{cfg.partition!r} and data.num_clients = {cfg.num_clients}; use fewer "
+                        "clients or raise data.min_partition_size")
+    return Federation(splits=splits, train_parts=train_parts, test_parts=test_parts)
+
+
+def server_sample(
+    fed: Federation, split: str, clients: Sequence[int], n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The server's only access to data: a fixed sample of ``n`` examples (0 = all).
+
+    ``split = "train"``: the union of ``clients``' local training data; ``"test"``: the global
+    test set. The sample depends only on (seed, split, clients), so every model of a measurement
+    sees the same examples, and so does every round with the same participants.
+    """
+    if split == "train":
+        pool = np.unique(np.concatenate([fed.train_parts[c] for c in clients]))
+        source = fed.splits.train
+    elif split == "test":
+        pool = np.arange(len(fed.splits.test))
+        source = fed.splits.test
+    else:
+        raise ValueError(f"unknown split {split!r}")
+    if 0 < n < len(pool):
+        rng = np.random.default_rng(derive_seed(seed, _SAMPLE, 0 if split == "train" else 1))
+        pool = np.sort(rng.choice(pool, size=n, replace=False))
+    index = torch.as_tensor(pool, dtype=torch.long)
+    return source.x[index], source.y[index]

@@ -1,0 +1,207 @@
+"""Round hooks: measurement and recording as separate objects, not strategy code.
+
+A hook (pfl-research style) has no-op methods that :class:`fedbarrier.instrumented.Instrumented`
+calls around any Flower strategy:
+
+- ``before_aggregation(models)``: the clients' returned models, *before* the strategy aggregates
+  them; may return numbers that are merged into the round's ``metrics.jsonl`` record.
+- ``on_round_end(record)``: the round's complete record (after server-side evaluation).
+- ``on_run_end()``.
+
+:class:`BarrierHook` is the barrier instrumentation; :class:`CheckpointHook` saves the clients'
+models; :class:`MetricsRecorder` and :class:`ProgressPrinter` write and show the round records.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedbarrier.barriers import layer_distances, measure_barriers
+from fedbarrier.config import BarrierConfig
+from fedbarrier.evaluator import ModelEvaluator
+from fedbarrier.layers import LayerGroups, Stage
+from fedbarrier.records import RunDir, save_state_dict
+from fedbarrier.task import derive_seed
+
+
+@dataclass(frozen=True)
+class ClientModels:
+    """What the sampled clients sent back in one round, ordered by client (partition) id."""
+
+    server_round: int
+    client_ids: list[int]
+    states: list[dict[str, torch.Tensor]]
+    num_examples: list[int]
+    received: dict[str, torch.Tensor] | None  # the model the server sent this round
+
+
+class RoundHook:
+    """Base class with no-op methods; subclasses override what they need."""
+
+    def before_aggregation(self, models: ClientModels) -> dict[str, Any] | None:
+        return None
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        return None
+
+    def on_run_end(self) -> None:
+        return None
+
+
+def measure_record(
+    cfg: BarrierConfig,
+    model: nn.Module,
+    groups: LayerGroups,
+    stages: Sequence[Stage],
+    states: Sequence[dict[str, torch.Tensor]],
+    weights: Sequence[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    defaults: list[int] | None,
+    seed: int,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, Any]:
+    """One barrier measurement on (x, y) as a JSON-ready record (also used offline)."""
+    start = time.perf_counter()
+    evaluator = ModelEvaluator(model, x, y, stages=stages, share_activations=cfg.share_activations,
+                               batch_size=batch_size, device=device)
+    result = measure_barriers(states, weights, groups, evaluator, families=cfg.families,
+                              defaults=defaults, curve_points=cfg.curve_points, window=cfg.window,
+                              random_orders=cfg.random_orders, seed=derive_seed(seed, 11))
+    return {"n": len(y), "families": list(cfg.families),
+            "share_activations": cfg.share_activations, **result.to_record(),
+            "seconds": time.perf_counter() - start}
+
+
+SampleFn = Callable[[str, Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class BarrierHook(RoundHook):
+    """Measures the barriers of BARRIERS.md between the clients' models before aggregation.
+
+    Appends one record per (round, split) to ``barriers.jsonl`` and returns the full barrier of
+    each split and metric (e.g. ``barrier_full_test_loss``) for the round's metrics record.
+    """
+
+    def __init__(
+        self,
+        cfg: BarrierConfig,
+        *,
+        model: nn.Module,
+        groups: LayerGroups,
+        stages: Sequence[Stage],
+        sample: SampleFn,
+        run_dir: RunDir | None,
+        num_rounds: int,
+        seed: int,
+        device: torch.device,
+        batch_size: int = 1000,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.groups = groups
+        self.stages = list(stages)
+        self.sample = sample
+        self.run_dir = run_dir
+        self.num_rounds = num_rounds
+        self.seed = seed
+        self.device = device
+        self.batch_size = batch_size
+        self.last: dict[str, dict[str, Any]] = {}  # latest record per split (strategies read it)
+
+    def should_measure(self, server_round: int) -> bool:
+        every = self.cfg.every
+        return self.cfg.enabled and (server_round % every == 0 or server_round == self.num_rounds)
+
+    def _defaults(self, server_round: int, num: int) -> list[int] | None:
+        k = self.cfg.max_defaults
+        if k == 0 or k >= num:
+            return None
+        rng = np.random.default_rng(derive_seed(self.seed, server_round, 7))
+        return sorted(int(i) for i in rng.choice(num, size=k, replace=False))
+
+    def before_aggregation(self, models: ClientModels) -> dict[str, Any] | None:
+        if not self.should_measure(models.server_round) or len(models.states) < 2:
+            return None
+        ids = models.client_ids
+        defaults = self._defaults(models.server_round, len(ids))
+        distances = (layer_distances(models.states, models.num_examples, self.groups,
+                                     reference=models.received)
+                     if self.cfg.distances else None)
+        summary: dict[str, Any] = {}
+        for split in self.cfg.splits:
+            x, y = self.sample(split, ids)
+            record = {"round": models.server_round, "split": split, "clients": ids,
+                      "num_examples": models.num_examples,
+                      **measure_record(self.cfg, self.model, self.groups, self.stages,
+                                       models.states, models.num_examples, x, y,
+                                       defaults=defaults, seed=self.seed, device=self.device,
+                                       batch_size=self.batch_size),
+                      "distances": distances}
+            record["default_clients"] = [ids[d] for d in record["defaults"]]
+            if self.run_dir is not None:
+                self.run_dir.append_barriers(record)
+            self.last[split] = record
+            for metric, value in record["full"].items():
+                summary[f"barrier_full_{split}_{metric}"] = value
+            summary[f"barrier_seconds_{split}"] = record["seconds"]
+        return summary
+
+
+class CheckpointHook(RoundHook):
+    """Saves each client's returned model (``client-K.pt``, K = partition id) every round."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    def before_aggregation(self, models: ClientModels) -> dict[str, Any] | None:
+        for cid, state in zip(models.client_ids, models.states):
+            save_state_dict(self.run_dir.checkpoint_path(models.server_round, f"client-{cid}"),
+                            state)
+        return None
+
+
+class MetricsRecorder(RoundHook):
+    """Appends each round's record to ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        self.run_dir.append_metrics(record)
+
+
+class ProgressPrinter(RoundHook):
+    """One line per round: losses, accuracies, the full barrier, time and ETA."""
+
+    def __init__(self, num_rounds: int, stream: TextIO = sys.stderr) -> None:
+        self.num_rounds = num_rounds
+        self.stream = stream
+        self.start = time.perf_counter()
+
+    def on_round_end(self, record: dict[str, Any]) -> None:
+        r = record["round"]
+        parts = [f"round {r:>3}/{self.num_rounds}"]
+        fmt = {"train_loss": "train loss {:.3f}", "global_test_accuracy": "global acc {:.1f}%",
+               "local_test_accuracy": "local acc {:.1f}%",
+               "barrier_full_test_loss": "barrier test loss {:+.3f}",
+               "barrier_full_test_error": "err {:+.1f}pp"}
+        for key, pattern in fmt.items():
+            value = record.get(key)
+            if isinstance(value, (int, float)):
+                parts.append(pattern.format(value))
+        elapsed = time.perf_counter() - self.start
+        if r > 0:
+            eta = elapsed / r * (self.num_rounds - r)
+            parts.append(f"{record.get('wall_seconds', 0.0):.1f}s  ETA {eta:.0f}s")
+        print("  ".join(parts), file=self.stream, flush=True)

@@ -1,0 +1,168 @@
+"""Wrap any Flower Message-API strategy with round hooks, determinism and accounting.
+
+``Instrumented(FedAvg(...), hooks=[BarrierHook(...)])`` is itself a Flower ``Strategy``: run it
+with Flower's own ``strategy.start(..., evaluate_fn=instrumented.evaluate_fn)``. It
+
+- hands the inner strategy a grid whose node ids are ordered by partition id and seeds Python's
+  ``random`` (which Flower's ``sample_nodes`` uses) per round, so client sampling is the same run
+  after run;
+- sorts replies by partition id before aggregation, so floating-point sums happen in one order;
+- copies the clients' models out of the replies *before* the inner ``aggregate_train`` (some
+  strategies pop arrays out of the replies) and gives them to each hook's ``before_aggregation``;
+- counts the bytes of arrays sent and received, times the round, and emits one record per round
+  to each hook's ``on_round_end`` from ``evaluate_fn`` (Flower calls it last in every round).
+
+It never changes what the inner strategy aggregates.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedbarrier.hook import ClientModels, RoundHook
+from fedbarrier.task import derive_seed
+
+CLIENT_RECORD = "client"  # reply ConfigRecord carrying the client's partition id
+PARTITION_ID = "partition-id"
+NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this MetricRecord key
+
+
+class _OrderedGrid:
+    """A view of a Grid whose ``get_node_ids`` lists nodes by partition id."""
+
+    def __init__(self, grid: Grid, order: Callable[[int], int]) -> None:
+        self._grid = grid
+        self._order = order
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self._grid.get_node_ids(), key=self._order)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def array_bytes(messages: Iterable[Message]) -> int:
+    total = 0
+    for msg in messages:
+        if msg.has_content():
+            total += sum(rec.count_bytes() for rec in msg.content.array_records.values())
+    return total
+
+
+class Instrumented(Strategy):
+    """A Flower strategy that runs ``inner`` and calls ``hooks`` around it (see module doc)."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        hooks: Sequence[RoundHook] = (),
+        *,
+        seed: int = 0,
+        partition_of: Mapping[int, int] | None = None,
+        global_evaluate: Callable[[int, ArrayRecord], Mapping[str, float]] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.hooks = list(hooks)
+        self.seed = seed
+        self.partition_of = dict(partition_of or {})
+        self.global_evaluate = global_evaluate
+        self._record: dict[str, Any] = {}
+        self._round_start = time.perf_counter()
+        self._received: dict[str, torch.Tensor] | None = None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _pid(self, node_id: int) -> int:
+        return self.partition_of.get(node_id, node_id)
+
+    def _grid(self, grid: Grid) -> Grid:
+        return _OrderedGrid(grid, self._pid)  # type: ignore[return-value]
+
+    def _reply_pid(self, msg: Message) -> int:
+        content = msg.content if msg.has_content() else None
+        if content is not None and CLIENT_RECORD in content.config_records:
+            return int(content.config_records[CLIENT_RECORD][PARTITION_ID])
+        return self._pid(msg.metadata.src_node_id)
+
+    def _sorted(self, replies: Iterable[Message]) -> list[Message]:
+        return sorted(replies, key=lambda m: (m.has_error(), self._pid(m.metadata.src_node_id)))
+
+    # -- Strategy -------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._round_start = time.perf_counter()
+        self._record = {"round": server_round}
+        self._received = arrays.to_torch_state_dict()
+        random.seed(derive_seed(self.seed, server_round, 0))
+        messages = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)),
+                                                   self._grid(grid)))
+        self._record["bytes_sent"] = array_bytes(messages)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = self._sorted(replies)
+        ok = [m for m in replies if not m.has_error()]
+        self._record["bytes_received"] = array_bytes(ok)
+        self._record["clients"] = [self._reply_pid(m) for m in ok]
+        self._record["failed_clients"] = [self._pid(m.metadata.src_node_id)
+                                          for m in replies if m.has_error()]
+        models = ClientModels(
+            server_round=server_round,
+            client_ids=self._record["clients"],
+            states=[next(iter(m.content.array_records.values())).to_torch_state_dict()
+                    for m in ok],
+            num_examples=[int(next(iter(m.content.metric_records.values()))[NUM_EXAMPLES])
+                          for m in ok],
+            received=self._received,
+        )
+        for hook in self.hooks:
+            self._record.update(hook.before_aggregation(models) or {})
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if metrics is not None:
+            self._record.update({k: v for k, v in metrics.items() if k != NUM_EXAMPLES})
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        random.seed(derive_seed(self.seed, server_round, 1))
+        messages = list(self.inner.configure_evaluate(server_round, arrays,
+                                                      ConfigRecord(dict(config)), self._grid(grid)))
+        self._record["bytes_sent"] = self._record.get("bytes_sent", 0) + array_bytes(messages)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        replies = self._sorted(replies)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self._record.update({k: v for k, v in metrics.items() if k != NUM_EXAMPLES})
+        return metrics
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    # -- round end ------------------------------------------------------------------------------
+    def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Pass to ``start(evaluate_fn=...)``: global evaluation, then the round's record."""
+        record = self._record if server_round > 0 else {"round": 0}
+        result = None
+        if self.global_evaluate is not None:
+            values = dict(self.global_evaluate(server_round, arrays))
+            record.update(values)
+            result = MetricRecord(values)
+        record["wall_seconds"] = time.perf_counter() - self._round_start if server_round else 0.0
+        for hook in self.hooks:
+            hook.on_round_end(record)
+        if server_round == getattr(self, "num_rounds", -1):
+            for hook in self.hooks:
+                hook.on_run_end()
+        self._record = {}
+        return result

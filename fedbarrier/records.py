@@ -1,0 +1,173 @@
+"""The run directory: everything a run did, written so that a killed run never leaves half a file.
+
+Layout::
+
+    RUN_DIR/
+      config.toml        fully resolved config
+      run.json           versions, git revision, command line, start time
+      partition.json     per-client sample and class counts
+      metrics.jsonl      one JSON object per round
+      barriers.jsonl     one JSON object per barrier measurement (round x split)
+      checkpoints/round-NNNN/client-K.pt, global.pt   (when output.save_client_models)
+      plots/*.png
+
+JSON lines are appended with a single ``write`` of a complete line followed by ``fsync``; other
+files are written to a temporary name and renamed into place (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedbarrier.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+BARRIERS_FILE = "barriers.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null (the reader sees 'not a number' explicitly)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary sibling, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one complete line in a single write; fsync so a crash keeps whole lines only."""
+    line = json.dumps(_clean(record), allow_nan=False, separators=(",", ":")) + "\n"
+    with open(path, "ab") as fh:
+        fh.write(line.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete lines of a JSON-lines file (a torn last line, if any, is ignored)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def save_state_dict(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """torch.save through a temporary file, so a checkpoint is either complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def git_revision() -> str | None:
+    """The fedbarrier source's git revision (None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and revision recorded with every run, so results carry what produced them."""
+    import flwr
+    import numpy
+
+    import fedbarrier
+
+    return {
+        "fedbarrier": fedbarrier.__version__,
+        "git_revision": git_revision(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "flwr": flwr.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class RunDir:
+    """A run directory. Creating one refuses to overwrite an existing run unless ``force``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"run directory {str(p)!r} exists and is not a directory")
+        if p.exists() and any(p.iterdir()) and not force:
+            raise UserError(f"run directory {str(p)!r} already holds a run; pass --force to "
+                            "overwrite it or --out to choose another")
+        if p.exists() and force:
+            for name in (METRICS_FILE, BARRIERS_FILE):
+                (p / name).unlink(missing_ok=True)
+        p.mkdir(parents=True, exist_ok=True)
+        return cls(p)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def barriers_path(self) -> Path:
+        return self.path / BARRIERS_FILE
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_atomic(self.path / name, json.dumps(_clean(data), indent=1) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        write_atomic(self.path / name, text)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        append_jsonl(self.metrics_path, record)
+
+    def append_barriers(self, record: Mapping[str, Any]) -> None:
+        append_jsonl(self.barriers_path, record)
+
+    def checkpoint_path(self, server_round: int, name: str) -> Path:
+        return self.path / "checkpoints" / f"round-{server_round:04d}" / f"{name}.pt"
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def barriers(self) -> Iterator[dict[str, Any]]:
+        yield from read_jsonl(self.barriers_path)

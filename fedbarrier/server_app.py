@@ -1,0 +1,116 @@
+"""The Flower ServerApp: build the strategy, attach the hooks, run the rounds.
+
+``make_server_app(cfg, run_dir)`` is what ``fedbarrier run`` hands to the simulation engine; the
+module-level ``app`` reads the config path and output folder from the run config for
+``flwr run .``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from torch import nn
+
+from fedbarrier.client_app import config_from_context
+from fedbarrier.config import Config
+from fedbarrier.federation import Federation, federation, server_sample
+from fedbarrier.hook import BarrierHook, CheckpointHook, MetricsRecorder, ProgressPrinter, RoundHook
+from fedbarrier.instrumented import CLIENT_RECORD, PARTITION_ID, Instrumented
+from fedbarrier.layers import layer_groups, model_stages
+from fedbarrier.models import build_model
+from fedbarrier.records import RunDir, save_state_dict
+from fedbarrier.task import derive_seed, evaluate, resolve_device
+from strategies import build_strategy
+
+_INIT = 5  # derive_seed stream for the initial model
+
+
+def initial_model(cfg: Config, fed: Federation) -> nn.Module:
+    """The global model's initialization depends only on the seed."""
+    torch.manual_seed(derive_seed(cfg.seed, _INIT))
+    return build_model(cfg.model.name, fed.input_shape, fed.num_classes,
+                       width=cfg.model.width or None)
+
+
+def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0) -> dict[int, int]:
+    """Ask every node for its partition id (node ids are random; partition ids are not)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {num_clients} clients connected")
+        time.sleep(0.2)
+    messages = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
+                for n in nodes]
+    mapping = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"client query failed: {reply.error.reason}")
+        mapping[reply.metadata.src_node_id] = int(
+            reply.content.config_records[CLIENT_RECORD][PARTITION_ID])
+    return mapping
+
+
+def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool = True) -> None:
+    fed = federation(cfg.data, cfg.seed)
+    device = resolve_device(cfg.train.device)
+    model = initial_model(cfg, fed)
+    example = fed.splits.test.x[:2]
+    groups = layer_groups(model, example)
+    initial = ArrayRecord({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    def global_evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        test = fed.splits.test
+        loss, acc = evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
+                             device=device)
+        if run_dir is not None and cfg.output.save_client_models and server_round > 0:
+            save_state_dict(run_dir.checkpoint_path(server_round, "global"), model.state_dict())
+        return {"global_test_loss": loss, "global_test_accuracy": acc}
+
+    hooks: list[RoundHook] = []
+    if cfg.barriers.enabled:
+        barrier_model = initial_model(cfg, fed)  # a separate module: evaluation swaps its tensors
+        hooks.append(BarrierHook(
+            cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
+            sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
+            run_dir=run_dir, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
+            batch_size=cfg.train.eval_batch_size))
+    if run_dir is not None:
+        if cfg.output.save_client_models:
+            hooks.append(CheckpointHook(run_dir))
+        hooks.append(MetricsRecorder(run_dir))
+    if progress:
+        hooks.append(ProgressPrinter(cfg.train.rounds))
+
+    strategy = Instrumented(build_strategy(cfg.strategy, cfg.data.num_clients), hooks,
+                            seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
+                            global_evaluate=global_evaluate)
+    strategy.num_rounds = cfg.train.rounds  # type: ignore[attr-defined]
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.train.rounds,
+                   train_config=ConfigRecord(), evaluate_config=ConfigRecord(),
+                   evaluate_fn=strategy.evaluate_fn)
+
+
+def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, cfg, run_dir, progress=progress)
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def _main(grid: Grid, context: Context) -> None:
+    """Entry point for `flwr run .`: config and output folder come from the run config."""
+    cfg = config_from_context(context)
+    out = Path(str(context.run_config.get("out", "runs/flwr-run")))
+    run_server(grid, cfg, RunDir.create(out, force=True))

@@ -1,0 +1,122 @@
+"""Run one experiment under Flower's simulation engine (Ray), writing a run directory.
+
+Everything that can fail on user input (dataset files, partition, model) is checked *before*
+the run directory is touched and before Ray starts, so a bad config costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedbarrier.config import Config, to_toml
+from fedbarrier.errors import UserError
+from fedbarrier.federation import federation
+from fedbarrier.records import RunDir, environment_info
+
+# Flower and Ray phone home and check for updates unless told not to; a research tool should not.
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def quiet_environment() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def preflight(cfg: Config) -> None:
+    """Load data, partition it and build the model once, raising UserError on bad input."""
+    from fedbarrier.server_app import initial_model
+    from strategies import build_strategy
+
+    fed = federation(cfg.data, cfg.seed)
+    initial_model(cfg, fed)
+    build_strategy(cfg.strategy, cfg.data.num_clients)
+    if cfg.data.test_fraction == 0 and cfg.strategy.fraction_evaluate > 0:
+        raise UserError("data.test_fraction = 0 leaves clients no local test part; set "
+                        "strategy.fraction_evaluate = 0 too")
+
+
+def backend_config(cfg: Config) -> dict[str, Any]:
+    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if cfg.simulation.ray_address:
+        init_args["address"] = cfg.simulation.ray_address
+    else:
+        # A private temp dir per run: a stale Ray session folder elsewhere cannot hang us.
+        init_args["_temp_dir"] = tempfile.mkdtemp(prefix="fedbarrier-ray-")
+        init_args["num_cpus"] = max(1, os.cpu_count() or 1)
+    return {
+        "client_resources": {"num_cpus": cfg.simulation.num_cpus,
+                             "num_gpus": cfg.simulation.num_gpus},
+        "init_args": init_args,
+    }
+
+
+class _DropDeprecation(logging.Filter):
+    """`run_simulation` warns that it is deprecated in favour of `flwr run`; we know (README)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
+@contextmanager
+def _flower_logs(level: int) -> Iterator[None]:
+    logger = logging.getLogger("flwr")
+    old = logger.level
+    drop = _DropDeprecation()
+    logger.setLevel(level)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+        logger.removeFilter(drop)
+
+
+def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progress: bool = True,
+                   verbose: bool = False) -> RunDir:
+    """Validate, create the run directory, simulate all rounds, shut Ray down."""
+    quiet_environment()
+    preflight(cfg)
+    run_dir = RunDir.create(out, force=force)
+    run_dir.write_text("config.toml", to_toml(cfg))
+    run_dir.write_json("run.json", environment_info())
+    run_dir.write_json("partition.json", federation(cfg.data, cfg.seed).stats().to_dict())
+
+    import ray
+    from flwr.simulation import run_simulation
+
+    from fedbarrier.client_app import make_client_app
+    from fedbarrier.server_app import make_server_app
+
+    try:
+        with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
+                warnings.catch_warnings():
+            # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
+            # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
+            warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
+            run_simulation(
+                server_app=make_server_app(cfg, run_dir, progress=progress),
+                client_app=make_client_app(cfg),
+                num_supernodes=cfg.data.num_clients,
+                backend_config=backend_config(cfg),  # type: ignore[arg-type]
+                verbose_logging=verbose,
+            )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    if cfg.output.plots:
+        from fedbarrier.plots import plot_run
+
+        plot_run(run_dir.path)
+    return run_dir

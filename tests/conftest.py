@@ -1,0 +1,47 @@
+"""Shared test setup: no telemetry, tiny generated data, and no Ray left behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# A federation small enough for CI: 3 clients on generated 1x8x8 images, 2 rounds.
+TINY = [
+    "seed=0",
+    "data.dataset=synthetic",
+    "data.synthetic_shape=[1, 8, 8]",
+    "data.synthetic_classes=4",
+    "data.synthetic_train_size=240",
+    "data.synthetic_test_size=80",
+    "data.synthetic_noise=3.0",
+    "data.partition=dirichlet",
+    "data.alpha=0.5",
+    "data.num_clients=3",
+    "data.min_partition_size=20",
+    "train.rounds=2",
+    "train.batch_size=16",
+    "barriers.n=60",
+    "barriers.curve_points=5",
+    "output.plots=false",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ray_left_behind():
+    yield
+    try:
+        import ray
+    except ImportError:  # pragma: no cover
+        return
+    if ray.is_initialized():
+        ray.shutdown()
