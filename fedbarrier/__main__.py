@@ -1,0 +1,7 @@
+"""``python -m fedbarrier`` is the ``fedbarrier`` command."""
+
+import sys
+
+from fedbarrier.cli import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""The command line as a user runs it: one-line errors, exit code 2, nothing overwritten."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "experiments" / "quickstart.toml")
+
+
+def fedbarrier(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "fedbarrier", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "data.alpha=-1"], "data.alpha = -1.0 must be > 0"),
+    (["--set", "data.dataset=imagenet"], "data.dataset = 'imagenet' is not allowed"),
+    (["--set", "train.unknown=3"], "unknown key 'train.unknown'"),
+    (["--set", "data.num_clients=5000"], "exceeds the 1437 training examples"),
+    (["--set", "data.min_partition_size=1000"], "min"),
+    (["--set", "model.name=vgg11"], "vgg11"),
+    (["--set", "strategy.name=nope"], "strategy.name = 'nope' is not allowed"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
+    result = fedbarrier("run", QUICKSTART, "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"round": 0}\n')
+    result = fedbarrier("run", QUICKSTART, "--out", str(run))
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr
+    assert (run / "metrics.jsonl").read_text() == '{"round": 0}\n'
+
+
+def test_bad_config_leaves_an_existing_run_untouched(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("keep\n")
+    result = fedbarrier("run", QUICKSTART, "--out", str(run), "--force", "--set", "data.alpha=0")
+    assert result.returncode == 2
+    assert (run / "metrics.jsonl").read_text() == "keep\n"
+
+
+def test_missing_config_file(tmp_path):
+    result = fedbarrier("run", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    import torch
+
+    good = tmp_path / "other.pt"
+    torch.save({"x.weight": torch.zeros(2)}, good)
+    result = fedbarrier("barriers", str(bad), str(good), "--config", QUICKSTART)
+    assert result.returncode == 2 and "bad.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = fedbarrier("barriers", str(good), str(good), "--config", QUICKSTART)
+    assert result.returncode == 2 and "does not match the config's model" in result.stderr
+
+
+def test_partitions_command_prints_table_and_writes_chart(tmp_path):
+    result = fedbarrier("partitions", QUICKSTART, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "total" in result.stdout
+    assert (tmp_path / "partitions.png").stat().st_size > 1000
+
+
+def test_keys_lists_every_section():
+    result = fedbarrier("keys")
+    assert result.returncode == 0
+    for section in ("[data]", "[model]", "[train]", "[strategy]", "[barriers]", "[output]"):
+        assert section in result.stdout

@@ -1,0 +1,133 @@
+"""End to end through Flower's simulation engine on Ray: records, determinism, recomputation."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedbarrier.config import load_config
+from fedbarrier.federation import federation, server_sample
+from fedbarrier.layers import layer_groups
+from fedbarrier.server_app import initial_model
+from fedbarrier.simulation import run_experiment
+
+pytestmark = pytest.mark.slow
+TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test"}
+
+
+def without_timings(records):
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+
+
+def read(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tests.conftest import TINY
+
+    cfg = load_config(None, TINY + ["output.save_client_models=true"])
+    out = tmp_path_factory.mktemp("runs") / "a"
+    run_experiment(cfg, out, progress=False)
+    return cfg, out
+
+
+def test_run_directory_holds_every_record(tiny_run):
+    cfg, out = tiny_run
+    for name in ("config.toml", "run.json", "partition.json", "metrics.jsonl", "barriers.jsonl"):
+        assert (out / name).is_file(), name
+    metrics = read(out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    last = metrics[-1]
+    for key in ("train_loss", "global_test_loss", "global_test_accuracy", "local_test_accuracy",
+                "wall_seconds", "bytes_sent", "bytes_received"):
+        assert isinstance(last[key], (int, float)), key
+    assert last["clients"] == [0, 1, 2]
+    assert last["bytes_received"] > 0 and last["bytes_sent"] > last["bytes_received"]
+    barriers = read(out / "barriers.jsonl")
+    assert [(b["round"], b["split"]) for b in barriers] == [(1, "train"), (1, "test"),
+                                                          (2, "train"), (2, "test")]
+    b = barriers[-1]
+    assert set(b["per_layer"]) == {"loss", "error"}
+    assert len(b["shallow"]["loss"]) == len(b["layers"]) == len(b["deep"]["error"])
+    ckpt = out / "checkpoints" / "round-0002"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["client-0.pt", "client-1.pt",
+                                                       "client-2.pt", "global.pt"]
+
+
+def test_ray_is_shut_down_after_a_run(tiny_run):
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_same_config_and_seed_give_identical_numbers(tiny_run, tmp_path):
+    cfg, out = tiny_run
+    again = tmp_path / "b"
+    run_experiment(cfg, again, progress=False)
+    assert without_timings(read(out / "metrics.jsonl")) == without_timings(
+        read(again / "metrics.jsonl"))
+    assert without_timings(read(out / "barriers.jsonl")) == without_timings(
+        read(again / "barriers.jsonl"))
+
+
+def reference_loss(model, state, x, y):
+    """A straightforward forward pass on a deep copy: no tensor swapping, no sharing."""
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    m.eval()
+    with torch.no_grad():
+        logits = m(x)
+    return (float(F.cross_entropy(logits, y)),
+            100.0 - 100.0 * float((logits.argmax(1) == y).double().mean()))
+
+
+def test_recorded_barriers_recompute_from_saved_checkpoints(tiny_run):
+    cfg, out = tiny_run
+    record = [b for b in read(out / "barriers.jsonl") if b["split"] == "test"][-1]
+    ckpt = out / "checkpoints" / f"round-{record['round']:04d}"
+    states = [torch.load(ckpt / f"client-{c}.pt", weights_only=True) for c in record["clients"]]
+    counts = record["num_examples"]
+    p = [c / sum(counts) for c in counts]
+    fed = federation(cfg.data, cfg.seed)
+    model = initial_model(cfg, fed)
+    x, y = server_sample(fed, "test", record["clients"], cfg.barriers.n, cfg.seed)
+    assert len(y) == record["n"]
+
+    endpoint = [reference_loss(model, s, x, y) for s in states]
+    ref = [sum(pk * e[i] for pk, e in zip(p, endpoint)) for i in (0, 1)]
+    avg = {k: sum(pk * s[k].double() for pk, s in zip(p, states)).float() for k in states[0]}
+    full = reference_loss(model, avg, x, y)
+    assert record["full"]["loss"] == pytest.approx(full[0] - ref[0], abs=1e-4)
+    assert record["full"]["error"] == pytest.approx(full[1] - ref[1], abs=1e-4)
+
+    groups = layer_groups(model, x[:2])
+    for layer, keys in groups.items():
+        for d, state in enumerate(states):
+            mixed = {k: (avg[k] if k in keys else v) for k, v in state.items()}
+            want = reference_loss(model, mixed, x, y)[0] - ref[0]
+            got = record["per_layer"]["loss"][layer]["per_default"][d]
+            assert got == pytest.approx(want, abs=1e-4), (layer, d)
+    names = list(groups)
+    k = 2
+    shallow = set(k for layer in names[:k] for k in groups[layer])
+    mixed = {kk: (avg[kk] if kk in shallow else v) for kk, v in states[1].items()}
+    want = reference_loss(model, mixed, x, y)[0] - ref[0]
+    assert record["shallow"]["loss"][k - 1]["per_default"][1] == pytest.approx(want, abs=1e-4)
+
+
+def test_offline_barriers_command_measures_the_same_models(tiny_run, capsys):
+    from fedbarrier.offline import measure_checkpoints
+
+    cfg, out = tiny_run
+    ckpt = out / "checkpoints" / "round-0002"
+    rec = measure_checkpoints(cfg, [ckpt / f"client-{c}.pt" for c in range(3)], split="test",
+                              as_json=True)
+    assert json.loads(capsys.readouterr().out)["full"] == rec["full"]
+    assert len(rec["endpoint"]["loss"]) == 3
