@@ -111,6 +111,13 @@ app = ServerApp()
 @app.main()
 def _main(grid: Grid, context: Context) -> None:
     """Entry point for `flwr run .`: config and output folder come from the run config."""
+    from fedbarrier.simulation import prepare_run
+
     cfg = config_from_context(context)
     out = Path(str(context.run_config.get("out", "runs/flwr-run")))
-    run_server(grid, cfg, RunDir.create(out, force=True))
+    run_dir = prepare_run(cfg, out, force=True)
+    run_server(grid, cfg, run_dir)
+    if cfg.output.plots:
+        from fedbarrier.plots import plot_run
+
+        plot_run(run_dir.path)

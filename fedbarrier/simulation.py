@@ -83,15 +83,21 @@ def _flower_logs(level: int) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progress: bool = True,
-                   verbose: bool = False) -> RunDir:
-    """Validate, create the run directory, simulate all rounds, shut Ray down."""
-    quiet_environment()
+def prepare_run(cfg: Config, out: str | Path, *, force: bool = False) -> RunDir:
+    """Validate everything, then create the run directory with config, versions and partition."""
     preflight(cfg)
     run_dir = RunDir.create(out, force=force)
     run_dir.write_text("config.toml", to_toml(cfg))
     run_dir.write_json("run.json", environment_info())
     run_dir.write_json("partition.json", federation(cfg.data, cfg.seed).stats().to_dict())
+    return run_dir
+
+
+def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progress: bool = True,
+                   verbose: bool = False) -> RunDir:
+    """Validate, create the run directory, simulate all rounds, shut Ray down."""
+    quiet_environment()
+    run_dir = prepare_run(cfg, out, force=force)
 
     import ray
     from flwr.simulation import run_simulation
