@@ -80,6 +80,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     rounds: int = _f(5, "federated rounds (aggregations)", min=1)
+    client_init: str = _f("common", "layers a client has never received start from the common "
+                          "initialization or from the client's 'own' seed", choices=("common", "own"))
+    keep_optimizer_state: bool = _f(False, "carry each client's SGD momentum across rounds "
+                                    "(centralized-equivalent training); FL usually resets it")
     local_epochs: int = _f(1, "local epochs per round", min=1)
     batch_size: int = _f(32, "local mini-batch size", min=1)
     lr: float = _f(0.05, "SGD learning rate", gt=0)
@@ -101,6 +105,15 @@ class StrategyConfig:
     clients_per_round: int = _f(0, "clients sampled per round (0 = use fraction_train)", min=0)
     fraction_evaluate: float = _f(1.0, "fraction of clients evaluating on their local test part",
                                   min=0.0, max=1.0)
+    layers: tuple[str, ...] = _f((), "shared layers for name = 'layers' (names or regexes)")
+    threshold: float = _f(0.1, "barrier-aware: share layers whose barrier is below this")
+    margin: float = _f(0.02, "barrier-aware: hysteresis around the threshold", min=0.0)
+    barrier_split: str = _f("train", "barrier-aware: which measured split to read",
+                            choices=SPLITS)
+    barrier_metric: str = _f("loss", "barrier-aware: which metric to read",
+                             choices=("loss", "error"))
+    barrier_statistic: str = _f("mean", "barrier-aware: summary over default clients",
+                                choices=("mean", "max"))
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,11 @@ def _cross_checks(cfg: Config) -> None:
                         f"data.synthetic_classes = {d.synthetic_classes}")
     if any(s < 1 for s in d.synthetic_shape):
         raise UserError(f"data.synthetic_shape = {d.synthetic_shape} must be positive")
+    if cfg.strategy.name == "barrier-aware" and not cfg.barriers.enabled:
+        raise UserError("strategy.name = 'barrier-aware' needs barriers.enabled = true")
+    if cfg.strategy.name == "barrier-aware" and cfg.strategy.barrier_split not in cfg.barriers.splits:
+        raise UserError(f"strategy.barrier_split = {cfg.strategy.barrier_split!r} is not measured; "
+                        f"barriers.splits = {list(cfg.barriers.splits)}")
     dev = cfg.train.device
     if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise UserError(f"train.device = {dev!r} is not allowed; use auto, cpu, cuda or cuda:N")

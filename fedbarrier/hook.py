@@ -117,7 +117,8 @@ class BarrierHook(RoundHook):
         self.seed = seed
         self.device = device
         self.batch_size = batch_size
-        self.last: dict[str, dict[str, Any]] = {}  # latest record per split (strategies read it)
+        self.last: dict[str, dict[str, Any]] = {}  # latest record per split
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. barrier-aware strategies
 
     def should_measure(self, server_round: int) -> bool:
         every = self.cfg.every
@@ -152,6 +153,8 @@ class BarrierHook(RoundHook):
             if self.run_dir is not None:
                 self.run_dir.append_barriers(record)
             self.last[split] = record
+            for listener in self.listeners:
+                listener(record)
             for metric, value in record["full"].items():
                 summary[f"barrier_full_{split}_{metric}"] = value
             summary[f"barrier_seconds_{split}"] = record["seconds"]

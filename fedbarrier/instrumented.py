@@ -33,6 +33,7 @@ from fedbarrier.task import derive_seed
 CLIENT_RECORD = "client"  # reply ConfigRecord carrying the client's partition id
 PARTITION_ID = "partition-id"
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this MetricRecord key
+SHARED_LAYERS = "shared-layers"  # config key: layers a partial-sharing strategy sends this round
 
 
 class _OrderedGrid:
@@ -49,12 +50,27 @@ class _OrderedGrid:
         return getattr(self._grid, name)
 
 
-def array_bytes(messages: Iterable[Message]) -> int:
+def array_bytes(messages: Iterable[Message], keys: set[str] | None = None) -> int:
+    """Bytes of the arrays in ``messages`` (only those named in ``keys``, if given)."""
     total = 0
     for msg in messages:
-        if msg.has_content():
-            total += sum(rec.count_bytes() for rec in msg.content.array_records.values())
+        if not msg.has_content():
+            continue
+        for record in msg.content.array_records.values():
+            total += sum(len(arr.data) for k, arr in record.items() if keys is None or k in keys)
     return total
+
+
+def _sent_layers(messages: list[Message]) -> tuple[set[str] | None, list[str] | None]:
+    """(array keys sent, shared layer names) of one round's training messages."""
+    if not messages:
+        return set(), None
+    content = messages[0].content
+    keys = {k for record in content.array_records.values() for k in record}
+    for record in content.config_records.values():
+        if SHARED_LAYERS in record:
+            return keys, [str(x) for x in record[SHARED_LAYERS]]
+    return keys, None
 
 
 class Instrumented(Strategy):
@@ -77,6 +93,7 @@ class Instrumented(Strategy):
         self._record: dict[str, Any] = {}
         self._round_start = time.perf_counter()
         self._received: dict[str, torch.Tensor] | None = None
+        self._sent_keys: set[str] | None = None
 
     # -- helpers --------------------------------------------------------------------------------
     def _pid(self, node_id: int) -> int:
@@ -104,13 +121,19 @@ class Instrumented(Strategy):
         messages = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)),
                                                    self._grid(grid)))
         self._record["bytes_sent"] = array_bytes(messages)
+        self._sent_keys, shared = _sent_layers(messages)
+        if shared is not None:
+            self._record["shared_layers"] = shared
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = self._sorted(replies)
         ok = [m for m in replies if not m.has_error()]
-        self._record["bytes_received"] = array_bytes(ok)
+        # Communication is what the strategy shares; whole-model replies beyond that exist only so
+        # the server can measure barriers in simulation.
+        self._record["bytes_received"] = array_bytes(ok, self._sent_keys)
+        self._record["bytes_instrumentation"] = array_bytes(ok) - self._record["bytes_received"]
         self._record["clients"] = [self._reply_pid(m) for m in ok]
         self._record["failed_clients"] = [self._pid(m.metadata.src_node_id)
                                           for m in replies if m.has_error()]

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from fedbarrier.build import initial_model
 from fedbarrier.config import Config
 from fedbarrier.errors import UserError
 from fedbarrier.federation import federation, server_sample
 from fedbarrier.hook import measure_record
 from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.server_app import initial_model
 from fedbarrier.task import resolve_device
 
 

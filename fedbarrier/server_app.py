@@ -10,30 +10,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from torch import nn
 
+from fedbarrier.build import initial_model
 from fedbarrier.client_app import config_from_context
 from fedbarrier.config import Config
-from fedbarrier.federation import Federation, federation, server_sample
+from fedbarrier.federation import federation, server_sample
 from fedbarrier.hook import BarrierHook, CheckpointHook, MetricsRecorder, ProgressPrinter, RoundHook
 from fedbarrier.instrumented import CLIENT_RECORD, PARTITION_ID, Instrumented
 from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.models import build_model
 from fedbarrier.records import RunDir, save_state_dict
-from fedbarrier.task import derive_seed, evaluate, resolve_device
+from fedbarrier.task import evaluate, resolve_device
 from strategies import build_strategy
-
-_INIT = 5  # derive_seed stream for the initial model
-
-
-def initial_model(cfg: Config, fed: Federation) -> nn.Module:
-    """The global model's initialization depends only on the seed."""
-    torch.manual_seed(derive_seed(cfg.seed, _INIT))
-    return build_model(cfg.model.name, fed.input_shape, fed.num_classes,
-                       width=cfg.model.width or None)
 
 
 def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0) -> dict[int, int]:
@@ -86,7 +75,11 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
     if progress:
         hooks.append(ProgressPrinter(cfg.train.rounds))
 
-    strategy = Instrumented(build_strategy(cfg.strategy, cfg.data.num_clients), hooks,
+    inner = build_strategy(cfg.strategy, cfg.data.num_clients, groups)
+    barrier_hooks = [h for h in hooks if isinstance(h, BarrierHook)]
+    if hasattr(inner, "observe") and barrier_hooks:  # e.g. barrier-aware aggregation
+        barrier_hooks[0].listeners.append(inner.observe)
+    strategy = Instrumented(inner, hooks,
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
                             global_evaluate=global_evaluate)
     strategy.num_rounds = cfg.train.rounds  # type: ignore[attr-defined]

@@ -36,12 +36,10 @@ def quiet_environment() -> None:
 
 def preflight(cfg: Config) -> None:
     """Load data, partition it and build the model once, raising UserError on bad input."""
-    from fedbarrier.server_app import initial_model
+    from fedbarrier.build import model_layers
     from strategies import build_strategy
 
-    fed = federation(cfg.data, cfg.seed)
-    initial_model(cfg, fed)
-    build_strategy(cfg.strategy, cfg.data.num_clients)
+    build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
     if cfg.data.test_fraction == 0 and cfg.strategy.fraction_evaluate > 0:
         raise UserError("data.test_fraction = 0 leaves clients no local test part; set "
                         "strategy.fraction_evaluate = 0 too")

@@ -52,6 +52,7 @@ class TrainStats:
     steps: int
     examples: int  # examples seen (epochs x partition size)
     diverged: bool  # a non-finite loss was met (training stopped there)
+    momentum: dict[str, torch.Tensor] | None = None  # SGD momentum buffers by parameter name
 
 
 def train(
@@ -66,13 +67,22 @@ def train(
     weight_decay: float,
     seed: int,
     device: torch.device,
+    momentum_buffers: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
-    """SGD with momentum and weight decay; ``lr(step, total_steps)`` gives each step's rate."""
+    """SGD with momentum and weight decay; ``lr(step, total_steps)`` gives each step's rate.
+
+    ``momentum_buffers`` (by parameter name) continue an earlier call's optimizer state; the
+    returned stats carry the buffers at the end.
+    """
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     n = len(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr(0, 1), momentum=momentum,
                                 weight_decay=weight_decay)
+    named = dict(model.named_parameters())
+    for name, buf in (momentum_buffers or {}).items():
+        if name in named:
+            optimizer.state[named[name]]["momentum_buffer"] = buf.to(device).clone()
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
@@ -92,7 +102,11 @@ def train(
             optimizer.step()
             loss_sum += value
             step += 1
-    return TrainStats(loss=loss_sum / max(1, step), steps=step, examples=epochs * n, diverged=False)
+    buffers = {name: optimizer.state[p]["momentum_buffer"].detach().cpu()
+               for name, p in named.items()
+               if optimizer.state.get(p, {}).get("momentum_buffer") is not None}
+    return TrainStats(loss=loss_sum / max(1, step), steps=step, examples=epochs * n, diverged=False,
+                      momentum=buffers)
 
 
 @torch.inference_mode()

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedbarrier.build import initial_model
 from fedbarrier.config import load_config
 from fedbarrier.federation import federation, server_sample
 from fedbarrier.layers import layer_groups
-from fedbarrier.server_app import initial_model
 from fedbarrier.simulation import run_experiment
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,57 @@
+"""Barrier-aware aggregation: share the layers that averaging does not hurt.
+
+After each measurement the server-side barrier hook hands its record to :meth:`observe`. For the
+next round, a layer is shared when its per-layer barrier (``statistic`` over default clients:
+``mean`` or ``max``; on ``split`` and ``metric``) is small. Hysteresis keeps the choice from
+flapping: a shared layer becomes personal only above ``threshold + margin``, a personal layer
+becomes shared again only below ``threshold - margin``. Until the first measurement every layer is
+shared (plain FedAvg). The choice of every round is recorded (``shared_layers`` in metrics.jsonl).
+
+This rule follows "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024): layers whose
+single-layer barrier is low can be averaged without hurting the federation's models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedbarrier.layers import LayerGroups
+from strategies.layerwise import LayerwiseFedAvg
+
+
+class BarrierAwareFedAvg(LayerwiseFedAvg):
+    """Share layers whose latest per-layer barrier is below a threshold (with hysteresis)."""
+
+    def __init__(self, groups: LayerGroups, *, threshold: float = 0.1, margin: float = 0.02,
+                 split: str = "train", metric: str = "loss", statistic: str = "mean",
+                 **kwargs: object) -> None:
+        super().__init__(groups, shared=list(groups), **kwargs)
+        if margin < 0 or statistic not in ("mean", "max"):
+            raise ValueError("margin must be >= 0 and statistic 'mean' or 'max'")
+        self.threshold, self.margin = threshold, margin
+        self.split, self.metric, self.statistic = split, metric, statistic
+        self.latest: dict[str, Any] | None = None
+        self.history: dict[int, list[str]] = {}
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Called by the barrier hook with each new measurement record."""
+        if record.get("split") == self.split and record.get("per_layer"):
+            self.latest = record
+
+    def shared_layers(self, server_round: int) -> list[str]:
+        if server_round in self.history:
+            return self.history[server_round]
+        previous = self.history.get(server_round - 1, list(self.groups))
+        if self.latest is None:
+            chosen = previous
+        else:
+            per_layer = self.latest["per_layer"][self.metric]
+            chosen = []
+            for name in self.groups:
+                barrier = per_layer[name][self.statistic]
+                limit = self.threshold + self.margin if name in previous \
+                    else self.threshold - self.margin
+                if barrier is not None and barrier <= limit:
+                    chosen.append(name)
+        self.history[server_round] = chosen
+        return chosen

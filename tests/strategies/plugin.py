@@ -1,0 +1,11 @@
+"""A user strategy as the README shows it: share only the classifier head."""
+
+from fedbarrier.layers import LayerGroups
+from strategies.layerwise import LayerwiseFedAvg
+
+
+class HeadOnly(LayerwiseFedAvg):
+    """Average only the last layer; everything below stays personal."""
+
+    def __init__(self, groups: LayerGroups, **kwargs):
+        super().__init__(groups, shared=list(groups)[-1:], **kwargs)
