@@ -4,6 +4,7 @@
     fedbarrier partitions CONFIG [--set ...] [--out DIR]
     fedbarrier plot RUN_DIR
     fedbarrier barriers MODEL_A.pt MODEL_B.pt [more.pt] --config CONFIG [--json]
+    fedbarrier compare CONFIG --strategies fedavg,fedper,... [--seeds 0,1,2] [--out DIR]
     fedbarrier keys
 
 Bad input prints one line ``error: ...`` and exits with status 2 (no traceback).
@@ -73,6 +74,17 @@ def cmd_barriers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedbarrier.compare import compare, parse_list
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name or 'run'}-compare"
+    compare(cfg, parse_list(args.strategies), parse_list(args.seeds, int), out, force=args.force,
+            progress=not args.quiet)
+    print(f"table and plots written to {out}")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     print(describe())
     return 0
@@ -108,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated aggregation weights (default: equal)")
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
     p.set_defaults(func=cmd_barriers)
+
+    p = sub.add_parser("compare", help="run several strategies on identical partitions and seeds")
+    _add_config_args(p)
+    p.add_argument("--strategies", required=True,
+                   help="comma-separated names, e.g. fedavg,fedper,lg-fedavg,barrier-aware,local")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--out", help="folder (default: runs/<experiment name>-compare)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing comparison")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("keys", help="list every config key with its default and meaning")
     p.set_defaults(func=cmd_keys)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -71,6 +72,27 @@ def _sent_layers(messages: list[Message]) -> tuple[set[str] | None, list[str] | 
         if SHARED_LAYERS in record:
             return keys, [str(x) for x in record[SHARED_LAYERS]]
     return keys, None
+
+
+def client_spread(replies: list[Message], pid: Callable[[Message], int]) -> dict[str, Any]:
+    """Per-client values of each evaluation metric, with their std, min and max across clients.
+
+    The strategy's aggregate is the example-weighted mean; the spread shows who it hides.
+    """
+    out: dict[str, Any] = {}
+    values: dict[str, dict[str, float]] = {}
+    for msg in replies:
+        for record in msg.content.metric_records.values():
+            for key, value in record.items():
+                if key != NUM_EXAMPLES and isinstance(value, (int, float)):
+                    values.setdefault(key, {})[str(pid(msg))] = float(value)
+    for key, by_client in values.items():
+        v = np.array(list(by_client.values()))
+        out[f"{key}_by_client"] = by_client
+        out[f"{key}_std"] = float(v.std())
+        out[f"{key}_min"] = float(v.min())
+        out[f"{key}_max"] = float(v.max())
+    return out
 
 
 class Instrumented(Strategy):
@@ -164,6 +186,8 @@ class Instrumented(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         replies = self._sorted(replies)
+        self._record.update(client_spread([m for m in replies if not m.has_error()],
+                                          self._reply_pid))
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self._record.update({k: v for k, v in metrics.items() if k != NUM_EXAMPLES})

@@ -39,7 +39,8 @@ def preflight(cfg: Config) -> None:
     from fedbarrier.build import model_layers
     from strategies import build_strategy
 
-    build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
+    with _flower_logs(logging.WARNING):
+        build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
     if cfg.data.test_fraction == 0 and cfg.strategy.fraction_evaluate > 0:
         raise UserError("data.test_fraction = 0 leaves clients no local test part; set "
                         "strategy.fraction_evaluate = 0 too")
@@ -60,18 +61,22 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     }
 
 
-class _DropDeprecation(logging.Filter):
-    """`run_simulation` warns that it is deprecated in favour of `flwr run`; we know (README)."""
+class _DropKnownWarnings(logging.Filter):
+    """Flower warnings that say nothing new to a fedbarrier user: `run_simulation` is deprecated
+    in favour of `flwr run` (both work, see README), and FedAvg's note that fraction_evaluate = 0
+    skips federated evaluation (that is what the user asked for)."""
+
+    KNOWN = ("DEPRECATED FEATURE", "Federated evaluation will be skipped")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "DEPRECATED FEATURE" not in record.getMessage()
+        return not any(text in record.getMessage() for text in self.KNOWN)
 
 
 @contextmanager
 def _flower_logs(level: int) -> Iterator[None]:
     logger = logging.getLogger("flwr")
     old = logger.level
-    drop = _DropDeprecation()
+    drop = _DropKnownWarnings()
     logger.setLevel(level)
     logger.addFilter(drop)
     try:

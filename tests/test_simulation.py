@@ -49,6 +49,10 @@ def test_run_directory_holds_every_record(tiny_run):
                 "wall_seconds", "bytes_sent", "bytes_received"):
         assert isinstance(last[key], (int, float)), key
     assert last["clients"] == [0, 1, 2]
+    by_client = last["local_test_accuracy_by_client"]
+    assert sorted(by_client) == ["0", "1", "2"]
+    assert last["local_test_accuracy_min"] == min(by_client.values())
+    assert last["local_test_accuracy_std"] >= 0
     assert last["bytes_received"] > 0 and last["bytes_sent"] > last["bytes_received"]
     barriers = read(out / "barriers.jsonl")
     assert [(b["round"], b["split"]) for b in barriers] == [(1, "train"), (1, "test"),
