@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedbarrier.config import describe, load_config
-from fedbarrier.errors import UserError
+from fedbarrier.errors import RunAborted, UserError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except UserError as exc:
+    except (UserError, RunAborted) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ for ``flwr run .`` (see ``[tool.flwr.app.config]`` in pyproject.toml).
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -15,6 +16,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedbarrier.build import initial_state
+from fedbarrier.client_store import ClientStore
 from fedbarrier.config import Config, ModelConfig, load_config
 from fedbarrier.federation import federation
 from fedbarrier.instrumented import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
@@ -24,8 +26,12 @@ from fedbarrier.task import derive_seed, evaluate, lr_at, resolve_device, train
 ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
 CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
 METRICS = "metrics"
-LOCAL_MODEL = "local-model"  # Context.state: the client's own model (when layers stay personal)
-OPTIMIZER = "optimizer"  # Context.state: SGD momentum buffers (train.keep_optimizer_state)
+MODEL_STATE = "model"  # client store: the client's own model (when layers stay personal)
+OPTIMIZER_STATE = "optimizer"  # client store: SGD momentum buffers (train.keep_optimizer_state)
+# Protocol of the schemes in strategies/ (dynamic averaging, minibatch-sgd):
+REFERENCE_STATE = "reference"  # client store: the model last received whole (dynamic averaging)
+DIVERGENCE = "divergence"  # train config flag, and the metric ||model - reference||^2 it asks for
+LOCAL_STEPS = "local-steps"  # train config: SGD steps this round, overriding train.local_steps
 
 
 @lru_cache(maxsize=2)
@@ -48,16 +54,15 @@ def _initial(cfg: Config, pid: int) -> dict[str, torch.Tensor]:
     return initial_state(cfg, pid if cfg.train.client_init == "own" else None)
 
 
-def load_model(cfg: Config, msg: Message, context: Context) -> tuple[nn.Module, bool]:
+def load_model(cfg: Config, msg: Message, pid: int,
+               saved: dict[str, dict[str, torch.Tensor]] | None) -> tuple[nn.Module, bool]:
     """The model this client works with, and whether it keeps personal layers."""
     fed = federation(cfg.data, cfg.seed)
     model = _model(cfg.model, fed.input_shape, fed.num_classes)
     received = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else {}
     personal = SHARED_LAYERS in msg.content[CONFIG]
-    own = (context.state[LOCAL_MODEL].to_torch_state_dict()
-           if LOCAL_MODEL in context.state.array_records else None)
-    pid = int(context.node_config[PARTITION_ID])
-    state = compose_state(received, own, _initial(cfg, pid)) if personal else received
+    own = saved.get(MODEL_STATE) if saved else None
+    state = compose_state(received, own or None, _initial(cfg, pid)) if personal else received
     model.load_state_dict(state)
     return model, personal
 
@@ -70,14 +75,15 @@ def _reply(msg: Message, arrays: ArrayRecord | None, metrics: dict[str, float], 
     return Message(content=content, reply_to=msg)
 
 
-def client_train(msg: Message, context: Context, cfg: Config) -> Message:
+def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) -> Message:
     pid = int(context.node_config[PARTITION_ID])
     server_round = int(msg.content[CONFIG]["server-round"])
-    model, personal = load_model(cfg, msg, context)
+    store = ClientStore(store_root, pid)
+    saved = store.load_before(server_round)
+    model, personal = load_model(cfg, msg, pid, saved)
     data = federation(cfg.data, cfg.seed).client_train(pid)
     t = cfg.train
-    buffers = (context.state[OPTIMIZER].to_torch_state_dict()
-               if t.keep_optimizer_state and OPTIMIZER in context.state.array_records else None)
+    buffers = (saved or {}).get(OPTIMIZER_STATE) if t.keep_optimizer_state else None
 
     def lr(step: int, total: int) -> float:
         progress = ((server_round - 1) + step / max(1, total)) / t.rounds
@@ -86,20 +92,39 @@ def client_train(msg: Message, context: Context, cfg: Config) -> Message:
     stats = train(model, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=lr,
                   momentum=t.momentum, weight_decay=t.weight_decay,
                   seed=derive_seed(cfg.seed, pid, server_round), device=resolve_device(t.device),
-                  momentum_buffers=buffers)
+                  momentum_buffers=buffers, steps=int(msg.content[CONFIG].get(LOCAL_STEPS, t.local_steps)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if personal:
-        context.state[LOCAL_MODEL] = ArrayRecord(state)
-    if t.keep_optimizer_state and stats.momentum:
-        context.state[OPTIMIZER] = ArrayRecord(stats.momentum)
+    reference = reference_model(msg, saved) if msg.content[CONFIG].get(DIVERGENCE) else {}
+    if personal or t.keep_optimizer_state:
+        store.save(server_round, {MODEL_STATE: state if personal else {},
+                                  OPTIMIZER_STATE: (stats.momentum or {}) if t.keep_optimizer_state
+                                  else {}, REFERENCE_STATE: reference})
     metrics = {NUM_EXAMPLES: len(data), "train_loss": stats.loss,
                "diverged": float(stats.diverged)}
+    if reference:
+        metrics[DIVERGENCE] = squared_distance(state, reference)
     return _reply(msg, ArrayRecord(state), metrics, pid)
 
 
-def client_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
+def reference_model(msg: Message, saved: dict[str, dict[str, torch.Tensor]] | None
+                    ) -> dict[str, torch.Tensor]:
+    """Dynamic averaging's reference: the model the server sent now (it sends only whole models
+    then), else the one this client kept from the last synchronization."""
+    received = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else {}
+    return received or (saved or {}).get(REFERENCE_STATE) or {}
+
+
+def squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """||a - b||^2 over the floating-point tensors of ``b`` (Kamp et al. 2018's local condition)."""
+    return float(sum(float(((a[k].double() - v.double()) ** 2).sum())
+                     for k, v in b.items() if v.is_floating_point()))
+
+
+def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Path) -> Message:
     pid = int(context.node_config[PARTITION_ID])
-    model, _ = load_model(cfg, msg, context)
+    server_round = int(msg.content[CONFIG]["server-round"])
+    saved = ClientStore(store_root, pid).load_before(server_round + 1)  # this round's training
+    model, _ = load_model(cfg, msg, pid, saved)
     data = federation(cfg.data, cfg.seed).client_test(pid)
     loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
                          device=resolve_device(cfg.train.device))
@@ -121,19 +146,32 @@ def config_from_context(context: Context) -> Config:
     return load_config(path, overrides)
 
 
-def make_client_app(cfg: Config | None = None) -> ClientApp:
+def out_from_context(context: Context) -> Path:
+    return Path(str(context.run_config.get("out", "runs/flwr-run")))
+
+
+CLIENTS_DIR = "clients"  # the clients' own state folders inside a run directory
+
+
+def make_client_app(cfg: Config | None = None, store_root: Path | None = None) -> ClientApp:
+    """A ClientApp for ``cfg`` whose clients keep their state under ``store_root``.
+
+    Without arguments (``flwr run``) both come from the run config.
+    """
     app = ClientApp()
 
-    def resolve(context: Context) -> Config:
-        return cfg if cfg is not None else config_from_context(context)
+    def resolve(context: Context) -> tuple[Config, Path]:
+        if cfg is not None and store_root is not None:
+            return cfg, store_root
+        return config_from_context(context), out_from_context(context) / CLIENTS_DIR
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        return client_train(msg, context, resolve(context))
+        return client_train(msg, context, *resolve(context))
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        return client_evaluate(msg, context, resolve(context))
+        return client_evaluate(msg, context, *resolve(context))
 
     @app.query()
     def _query(msg: Message, context: Context) -> Message:

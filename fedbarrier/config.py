@@ -37,7 +37,7 @@ from fedbarrier.errors import UserError
 # Choices are listed here (not imported) so that reading a config never imports torch.
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "full")
-MODELS = ("cnn", "mlp", "resnet18", "vgg11")
+MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear")
 SCHEDULES = ("constant", "cosine")
 SPLITS = ("train", "test")
 FAMILIES = ("full", "per_layer", "cumulative", "curve")
@@ -85,6 +85,8 @@ class TrainConfig:
     keep_optimizer_state: bool = _f(False, "carry each client's SGD momentum across rounds "
                                     "(centralized-equivalent training); FL usually resets it")
     local_epochs: int = _f(1, "local epochs per round", min=1)
+    local_steps: int = _f(0, "local SGD steps per round instead of epochs (0 = use local_epochs); "
+                          "strategy 'minibatch-sgd' always takes 1", min=0)
     batch_size: int = _f(32, "local mini-batch size", min=1)
     lr: float = _f(0.05, "SGD learning rate", gt=0)
     momentum: float = _f(0.9, "SGD momentum", min=0.0, lt=1.0)
@@ -105,6 +107,8 @@ class StrategyConfig:
     clients_per_round: int = _f(0, "clients sampled per round (0 = use fraction_train)", min=0)
     fraction_evaluate: float = _f(1.0, "fraction of clients evaluating on their local test part",
                                   min=0.0, max=1.0)
+    min_clients: int = _f(1, "stop the run when fewer usable client models come back in a round "
+                          "(failed, diverged or malformed ones are excluded)", min=1)
     layers: tuple[str, ...] = _f((), "shared layers for name = 'layers' (names or regexes)")
     threshold: float = _f(0.1, "barrier-aware: share layers whose barrier is below this")
     margin: float = _f(0.02, "barrier-aware: hysteresis around the threshold", min=0.0)
@@ -114,6 +118,14 @@ class StrategyConfig:
                              choices=("loss", "error"))
     barrier_statistic: str = _f("mean", "barrier-aware: summary over default clients",
                                 choices=("mean", "max"))
+    # Schemes of Kamp et al. (FedDC, dynamic averaging, Radon machine); see strategies/.
+    daisy_period: int = _f(1, "feddc: pass each client's model on to another client every this "
+                           "many rounds (0 = never: periodic averaging)", min=0)
+    aggregation_period: int = _f(10, "feddc: average all models every this many rounds", min=1)
+    delta: float = _f(1.0, "dynamic: synchronize when a client's squared distance to the last "
+                      "synchronized model exceeds this", min=0.0)
+    radon_height: int = _f(1, "radon: levels h of the Radon machine (needs r^h clients, r >= "
+                           "number of model parameters + 2)", min=1)
 
 
 @dataclass(frozen=True)

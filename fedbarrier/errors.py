@@ -10,3 +10,10 @@ class UserError(Exception):
     """Bad input from the user; the message names the bad value and what is allowed."""
 
     exit_code = 2
+
+
+class RunAborted(Exception):
+    """A run that cannot go on (e.g. too few usable clients); what was recorded so far is kept
+    and the run can be resumed with ``fedbarrier run --resume RUN_DIR``."""
+
+    exit_code = 1

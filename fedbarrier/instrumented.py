@@ -18,6 +18,7 @@ It never changes what the inner strategy aggregates.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedbarrier.errors import RunAborted
 from fedbarrier.hook import ClientModels, RoundHook
 from fedbarrier.task import derive_seed
 
@@ -74,6 +76,15 @@ def _sent_layers(messages: list[Message]) -> tuple[set[str] | None, list[str] | 
     return keys, None
 
 
+def error_summary(reason: str) -> str:
+    """The one informative line of a client error (Ray wraps it in a long traceback)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason or "")
+    messages = re.findall(r"Message: (.+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = messages[-1] if messages else (lines[-1] if lines else "unknown error")
+    return summary.strip(" '>")[:200]
+
+
 def client_spread(replies: list[Message], pid: Callable[[Message], int]) -> dict[str, Any]:
     """Per-client values of each evaluation metric, with their std, min and max across clients.
 
@@ -106,10 +117,12 @@ class Instrumented(Strategy):
         seed: int = 0,
         partition_of: Mapping[int, int] | None = None,
         global_evaluate: Callable[[int, ArrayRecord], Mapping[str, float]] | None = None,
+        min_clients: int = 1,
     ) -> None:
         self.inner = inner
         self.hooks = list(hooks)
         self.seed = seed
+        self.min_clients = min_clients
         self.partition_of = dict(partition_of or {})
         self.global_evaluate = global_evaluate
         self._record: dict[str, Any] = {}
@@ -151,29 +164,64 @@ class Instrumented(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = self._sorted(replies)
-        ok = [m for m in replies if not m.has_error()]
+        usable: list[Message] = []
+        states: list[dict[str, torch.Tensor]] = []
+        excluded: dict[str, str] = {}
+        for msg in replies:
+            state, reason = self._check_reply(msg)
+            if reason is None:
+                usable.append(msg)
+                states.append(state)
+            else:
+                excluded[str(self._pid(msg.metadata.src_node_id))] = reason
+        self._record["excluded_clients"] = excluded
         # Communication is what the strategy shares; whole-model replies beyond that exist only so
         # the server can measure barriers in simulation.
-        self._record["bytes_received"] = array_bytes(ok, self._sent_keys)
-        self._record["bytes_instrumentation"] = array_bytes(ok) - self._record["bytes_received"]
-        self._record["clients"] = [self._reply_pid(m) for m in ok]
-        self._record["failed_clients"] = [self._pid(m.metadata.src_node_id)
-                                          for m in replies if m.has_error()]
+        self._record["bytes_received"] = array_bytes(usable, self._sent_keys)
+        self._record["bytes_instrumentation"] = array_bytes(usable) - self._record["bytes_received"]
+        self._record["clients"] = [self._reply_pid(m) for m in usable]
+        if len(usable) < self.min_clients:
+            raise RunAborted(
+                f"round {server_round}: only {len(usable)} usable client models (minimum "
+                f"strategy.min_clients = {self.min_clients}); excluded: "
+                + "; ".join(f"client {c}: {r}" for c, r in excluded.items()))
         models = ClientModels(
             server_round=server_round,
             client_ids=self._record["clients"],
-            states=[next(iter(m.content.array_records.values())).to_torch_state_dict()
-                    for m in ok],
+            states=states,
             num_examples=[int(next(iter(m.content.metric_records.values()))[NUM_EXAMPLES])
-                          for m in ok],
+                          for m in usable],
             received=self._received,
         )
         for hook in self.hooks:
             self._record.update(hook.before_aggregation(models) or {})
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, usable)
         if metrics is not None:
             self._record.update({k: v for k, v in metrics.items() if k != NUM_EXAMPLES})
         return arrays, metrics
+
+    def _check_reply(self, msg: Message) -> tuple[dict[str, torch.Tensor], str | None]:
+        """The reply's model, or why it cannot be aggregated (error, divergence, bad arrays)."""
+        if msg.has_error():
+            return {}, f"client error: {error_summary(msg.error.reason)}"
+        content = msg.content
+        metrics = next(iter(content.metric_records.values()), {})
+        if metrics.get("diverged"):
+            return {}, "diverged: non-finite training loss"
+        if len(content.array_records) != 1 or NUM_EXAMPLES not in metrics:
+            return {}, "malformed reply: expected one ArrayRecord and num-examples"
+        state = next(iter(content.array_records.values())).to_torch_state_dict()
+        expected = self._received or {}
+        if set(state) != set(expected):
+            missing = sorted(set(expected) - set(state))[:3]
+            unknown = sorted(set(state) - set(expected))[:3]
+            return {}, f"wrong arrays: missing {missing}, unexpected {unknown}"
+        for key, ref in expected.items():
+            if state[key].shape != ref.shape:
+                return {}, f"{key} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}"
+            if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+                return {}, f"non-finite values in {key}"
+        return state, None
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

@@ -8,13 +8,12 @@ module-level ``app`` reads the config path and output folder from the run config
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedbarrier.build import initial_model
-from fedbarrier.client_app import config_from_context
+from fedbarrier.client_app import config_from_context, out_from_context
 from fedbarrier.config import Config
 from fedbarrier.federation import federation, server_sample
 from fedbarrier.hook import BarrierHook, CheckpointHook, MetricsRecorder, ProgressPrinter, RoundHook
@@ -81,7 +80,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
         barrier_hooks[0].listeners.append(inner.observe)
     strategy = Instrumented(inner, hooks,
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
-                            global_evaluate=global_evaluate)
+                            global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients)
     strategy.num_rounds = cfg.train.rounds  # type: ignore[attr-defined]
     strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.train.rounds,
                    train_config=ConfigRecord(), evaluate_config=ConfigRecord(),
@@ -107,8 +106,7 @@ def _main(grid: Grid, context: Context) -> None:
     from fedbarrier.simulation import prepare_run
 
     cfg = config_from_context(context)
-    out = Path(str(context.run_config.get("out", "runs/flwr-run")))
-    run_dir = prepare_run(cfg, out, force=True)
+    run_dir = prepare_run(cfg, out_from_context(context), force=True)
     run_server(grid, cfg, run_dir)
     if cfg.output.plots:
         from fedbarrier.plots import plot_run

@@ -97,15 +97,18 @@ def prepare_run(cfg: Config, out: str | Path, *, force: bool = False) -> RunDir:
 
 
 def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progress: bool = True,
-                   verbose: bool = False) -> RunDir:
-    """Validate, create the run directory, simulate all rounds, shut Ray down."""
+                   verbose: bool = False, client_app: Any = None) -> RunDir:
+    """Validate, create the run directory, simulate all rounds, shut Ray down.
+
+    ``client_app`` replaces fedbarrier's ClientApp (tests inject faulty clients this way).
+    """
     quiet_environment()
     run_dir = prepare_run(cfg, out, force=force)
 
     import ray
     from flwr.simulation import run_simulation
 
-    from fedbarrier.client_app import make_client_app
+    from fedbarrier.client_app import CLIENTS_DIR, make_client_app
     from fedbarrier.server_app import make_server_app
 
     try:
@@ -116,7 +119,7 @@ def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progres
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
             run_simulation(
                 server_app=make_server_app(cfg, run_dir, progress=progress),
-                client_app=make_client_app(cfg),
+                client_app=client_app or make_client_app(cfg, run_dir.path / CLIENTS_DIR),
                 num_supernodes=cfg.data.num_clients,
                 backend_config=backend_config(cfg),  # type: ignore[arg-type]
                 verbose_logging=verbose,
