@@ -5,6 +5,8 @@
     fedbarrier plot RUN_DIR
     fedbarrier barriers MODEL_A.pt MODEL_B.pt [more.pt] --config CONFIG [--json]
     fedbarrier compare CONFIG --strategies fedavg,fedper,... [--seeds 0,1,2] [--out DIR]
+    fedbarrier analyze robustness|subspace RUN_DIR [--round N] [--clients 0,1] [--split test] ...
+    fedbarrier analyze deep-linear [--out DIR]
     fedbarrier keys
 
 Bad input prints one line ``error: ...`` and exits with status 2 (no traceback).
@@ -13,6 +15,7 @@ Bad input prints one line ``error: ...`` and exits with status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +31,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedbarrier.simulation import run_experiment
+    from fedbarrier.simulation import resume_experiment, run_experiment
 
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / (cfg.name or "run")
-    run_dir = run_experiment(cfg, out, force=args.force, progress=not args.quiet,
-                             verbose=args.verbose)
+    if args.resume:
+        check = load_config(args.config, args.overrides) if args.config else None
+        run_dir = resume_experiment(args.resume, check, progress=not args.quiet,
+                                    verbose=args.verbose)
+    else:
+        if not args.config:
+            raise UserError("fedbarrier run needs a CONFIG file (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else Path("runs") / (cfg.name or "run")
+        run_dir = run_experiment(cfg, out, force=args.force, progress=not args.quiet,
+                                 verbose=args.verbose)
     print(f"run written to {run_dir.path}")
     return 0
 
@@ -85,6 +95,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """The paper's robustness and subspace analyses of a run's saved clients, and the deep linear example."""
+    if args.analysis == "deep-linear":
+        from fedbarrier.analysis.deep_linear import analyze
+
+        analyze(args.out, points=args.points, as_json=args.json)
+        return 0
+    from fedbarrier.analysis import parse_clients
+
+    common = {"server_round": args.round, "clients": parse_clients(args.clients), "split": args.split,
+              "draws": args.draws, "n": args.n, "seed": args.seed, "as_json": args.json}
+    if args.analysis == "robustness":
+        from fedbarrier.analysis.robustness import analyze_run
+
+        analyze_run(args.run_dir, **common)
+    else:
+        from fedbarrier.analysis.subspace import analyze_run as analyze_subspace
+        from fedbarrier.analysis.subspace import parse_sigmas
+
+        analyze_subspace(args.run_dir, sigmas=parse_sigmas(args.sigmas), scale=args.scale, **common)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     print(describe())
     return 0
@@ -95,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a federated simulation with barrier measurement")
-    _add_config_args(p)
+    p.add_argument("config", nargs="?", help="experiment TOML file (see experiments/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.alpha=0.5 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last completed round")
     p.add_argument("--out", help="run directory (default: runs/<experiment name>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
@@ -131,9 +168,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("analyze", help="robustness and subspace analyses of saved client models")
+    analyses = p.add_subparsers(dest="analysis", required=True)
+    for name, text, draws in (("robustness", "one layer moved halfway to B vs to a random point", 5),
+                              ("subspace", "noise in the training subspace, its complement and "
+                               "along the interpolation direction", 3)):
+        q = analyses.add_parser(name, help=text)
+        q.add_argument("run_dir", help="a run saved with --set output.save_client_models=true")
+        q.add_argument("--round", type=int, help="round of the checkpoints (default: the last saved)")
+        q.add_argument("--clients", default="0,1", help="client ids of models A and B (default: 0,1)")
+        q.add_argument("--split", choices=("train", "test"), default="test",
+                       help="data (train = union of A's and B's training data)")
+        q.add_argument("--draws", type=int, default=draws, help=f"random draws (default: {draws})")
+        q.add_argument("--n", type=int, help="examples in the data sample (default: barriers.n of the run)")
+        q.add_argument("--seed", type=int, help="seed of the random draws (default: the run's seed)")
+        q.add_argument("--json", action="store_true", help="print the record as JSON")
+        if name == "subspace":
+            q.add_argument("--sigmas", nargs="+", metavar="SIGMA",
+                           help="noise norms, e.g. 0.1,0.5,1 (default: 0.05 ... 1)")
+            q.add_argument("--scale", choices=("distance", "absolute"), default="distance",
+                           help="sigmas are multiples of ||A - B|| of each scope (default) or absolute")
+        q.set_defaults(func=cmd_analyze)
+    q = analyses.add_parser("deep-linear", help="the deep linear network example of BARRIERS.md")
+    q.add_argument("--out", default="runs/deep-linear", help="folder (default: runs/deep-linear)")
+    q.add_argument("--points", type=int, default=21, help="alphas on the grid (default: 21)")
+    q.add_argument("--json", action="store_true", help="print the record as JSON")
+    q.set_defaults(func=cmd_analyze)
+
     p = sub.add_parser("keys", help="list every config key with its default and meaning")
     p.set_defaults(func=cmd_keys)
     return parser
+
+
+def _run_dir_of(args: argparse.Namespace) -> str:
+    if getattr(args, "resume", None):
+        return str(args.resume)
+    if getattr(args, "out", None):
+        return str(args.out)
+    try:
+        return str(Path("runs") / (load_config(args.config, args.overrides).name or "run"))
+    except UserError:
+        return "RUN_DIR"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,8 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        # Records are appended atomically, so stopping here loses at most the round in progress.
+        # Flower's server thread may still wait for replies that will never come: leave now.
+        hint = f"; resume with: fedbarrier run --resume {_run_dir_of(args)}" \
+            if args.command == "run" else ""
+        print(f"interrupted{hint}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -187,9 +187,10 @@ class MetricsRecorder(RoundHook):
 class ProgressPrinter(RoundHook):
     """One line per round: losses, accuracies, the full barrier, time and ETA."""
 
-    def __init__(self, num_rounds: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, num_rounds: int, stream: TextIO = sys.stderr, first_round: int = 1) -> None:
         self.num_rounds = num_rounds
         self.stream = stream
+        self.first_round = first_round
         self.start = time.perf_counter()
 
     def on_round_end(self, record: dict[str, Any]) -> None:
@@ -204,7 +205,7 @@ class ProgressPrinter(RoundHook):
             if isinstance(value, (int, float)):
                 parts.append(pattern.format(value))
         elapsed = time.perf_counter() - self.start
-        if r > 0:
-            eta = elapsed / r * (self.num_rounds - r)
+        if r >= self.first_round:
+            eta = elapsed / (r - self.first_round + 1) * (self.num_rounds - r)
             parts.append(f"{record.get('wall_seconds', 0.0):.1f}s  ETA {eta:.0f}s")
         print("  ".join(parts), file=self.stream, flush=True)

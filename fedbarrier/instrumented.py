@@ -118,11 +118,16 @@ class Instrumented(Strategy):
         partition_of: Mapping[int, int] | None = None,
         global_evaluate: Callable[[int, ArrayRecord], Mapping[str, float]] | None = None,
         min_clients: int = 1,
+        completed_rounds: int = 0,
+        save_state: Callable[[int, ArrayRecord], None] | None = None,
     ) -> None:
         self.inner = inner
         self.hooks = list(hooks)
         self.seed = seed
         self.min_clients = min_clients
+        # Resuming after `completed_rounds`: Flower's loop counts from 1 again, we add the offset.
+        self.offset = completed_rounds
+        self.save_state = save_state
         self.partition_of = dict(partition_of or {})
         self.global_evaluate = global_evaluate
         self._record: dict[str, Any] = {}
@@ -149,6 +154,7 @@ class Instrumented(Strategy):
     # -- Strategy -------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self._round_start = time.perf_counter()
         self._record = {"round": server_round}
         self._received = arrays.to_torch_state_dict()
@@ -163,6 +169,7 @@ class Instrumented(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         replies = self._sorted(replies)
         usable: list[Message] = []
         states: list[dict[str, torch.Tensor]] = []
@@ -225,6 +232,7 @@ class Instrumented(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         random.seed(derive_seed(self.seed, server_round, 1))
         messages = list(self.inner.configure_evaluate(server_round, arrays,
                                                       ConfigRecord(dict(config)), self._grid(grid)))
@@ -233,6 +241,7 @@ class Instrumented(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
+        server_round += self.offset
         replies = self._sorted(replies)
         self._record.update(client_spread([m for m in replies if not m.has_error()],
                                           self._reply_pid))
@@ -246,7 +255,14 @@ class Instrumented(Strategy):
 
     # -- round end ------------------------------------------------------------------------------
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Pass to ``start(evaluate_fn=...)``: global evaluation, then the round's record."""
+        """Pass to ``start(evaluate_fn=...)``: global evaluation, then the round's record.
+
+        The round's server state is saved before its record is written, so a record in
+        metrics.jsonl always has the state to resume from.
+        """
+        if server_round == 0 and self.offset > 0:
+            return None  # resuming: the initial model was evaluated by the first attempt
+        server_round += self.offset if server_round > 0 else 0
         record = self._record if server_round > 0 else {"round": 0}
         result = None
         if self.global_evaluate is not None:
@@ -254,6 +270,8 @@ class Instrumented(Strategy):
             record.update(values)
             result = MetricRecord(values)
         record["wall_seconds"] = time.perf_counter() - self._round_start if server_round else 0.0
+        if self.save_state is not None and server_round > 0:
+            self.save_state(server_round, arrays)
         for hook in self.hooks:
             hook.on_round_end(record)
         if server_round == getattr(self, "num_rounds", -1):

@@ -166,6 +166,47 @@ class RunDir:
     def checkpoint_path(self, server_round: int, name: str) -> Path:
         return self.path / "checkpoints" / f"round-{server_round:04d}" / f"{name}.pt"
 
+    # -- resumable server state ----------------------------------------------------------------
+    def state_path(self, server_round: int, name: str) -> Path:
+        return self.path / "state" / f"{name}-{server_round:04d}.pt"
+
+    def save_server_state(self, server_round: int, global_state: Mapping[str, torch.Tensor],
+                          strategy_state: Mapping[str, Any] | None) -> None:
+        """The global model (and strategy state) after ``server_round``; older rounds dropped."""
+        save_state_dict(self.state_path(server_round, "global"), global_state)
+        if strategy_state is not None:
+            write_atomic(self.path / "state" / f"strategy-{server_round:04d}.json",
+                         json.dumps(_clean(strategy_state)))
+        for old in sorted((self.path / "state").glob("*-*.*")):
+            number = old.stem.rsplit("-", 1)[-1]
+            if number.isdigit() and int(number) < server_round - 1:
+                old.unlink(missing_ok=True)
+
+    def load_server_state(self, server_round: int) -> tuple[dict[str, torch.Tensor],
+                                                            dict[str, Any] | None]:
+        global_state = torch.load(self.state_path(server_round, "global"), weights_only=True)
+        strategy = self.path / "state" / f"strategy-{server_round:04d}.json"
+        return global_state, json.loads(strategy.read_text()) if strategy.exists() else None
+
+    def last_complete_round(self) -> int:
+        """The last round with both a metrics record and the server state to resume from."""
+        done = [m["round"] for m in self.metrics() if isinstance(m.get("round"), int)]
+        done = [r for r in done if r == 0 or self.state_path(r, "global").exists()]
+        return max(done) if done else -1
+
+    def truncate_after(self, server_round: int) -> None:
+        """Drop every record and checkpoint of rounds after ``server_round`` (and torn lines)."""
+        for path in (self.metrics_path, self.barriers_path):
+            keep = [r for r in read_jsonl(path) if r.get("round", 0) <= server_round]
+            write_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep))
+        checkpoints = self.path / "checkpoints"
+        if checkpoints.is_dir():
+            for folder in checkpoints.glob("round-*"):
+                if int(folder.name.split("-")[1]) > server_round:
+                    for f in folder.iterdir():
+                        f.unlink()
+                    folder.rmdir()
+
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
 

@@ -42,13 +42,20 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0) ->
     return mapping
 
 
-def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool = True) -> None:
+def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool = True,
+               completed_rounds: int = 0) -> None:
+    """Run rounds ``completed_rounds + 1 .. train.rounds`` (resuming from saved state if > 0)."""
     fed = federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.train.device)
     model = initial_model(cfg, fed)
     example = fed.splits.test.x[:2]
     groups = layer_groups(model, example)
     initial = ArrayRecord({k: v.detach().clone() for k, v in model.state_dict().items()})
+    strategy_state = None
+    if completed_rounds > 0:
+        assert run_dir is not None
+        global_state, strategy_state = run_dir.load_server_state(completed_rounds)
+        initial = ArrayRecord(global_state)
 
     def global_evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -72,27 +79,37 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
             hooks.append(CheckpointHook(run_dir))
         hooks.append(MetricsRecorder(run_dir))
     if progress:
-        hooks.append(ProgressPrinter(cfg.train.rounds))
+        hooks.append(ProgressPrinter(cfg.train.rounds, first_round=completed_rounds + 1))
 
     inner = build_strategy(cfg.strategy, cfg.data.num_clients, groups)
+    if strategy_state is not None and hasattr(inner, "load_state_dict"):
+        inner.load_state_dict(strategy_state)
+
+    def save_state(server_round: int, arrays: ArrayRecord) -> None:
+        if run_dir is not None:
+            run_dir.save_server_state(server_round, arrays.to_torch_state_dict(),
+                                      inner.state_dict() if hasattr(inner, "state_dict") else None)
     barrier_hooks = [h for h in hooks if isinstance(h, BarrierHook)]
     if hasattr(inner, "observe") and barrier_hooks:  # e.g. barrier-aware aggregation
         barrier_hooks[0].listeners.append(inner.observe)
     strategy = Instrumented(inner, hooks,
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
-                            global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients)
+                            global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients,
+                            completed_rounds=completed_rounds, save_state=save_state)
     strategy.num_rounds = cfg.train.rounds  # type: ignore[attr-defined]
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.train.rounds,
+    strategy.start(grid=grid, initial_arrays=initial,
+                   num_rounds=cfg.train.rounds - completed_rounds,
                    train_config=ConfigRecord(), evaluate_config=ConfigRecord(),
                    evaluate_fn=strategy.evaluate_fn)
 
 
-def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True) -> ServerApp:
+def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True,
+                    completed_rounds: int = 0) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, progress=progress)
+        run_server(grid, cfg, run_dir, progress=progress, completed_rounds=completed_rounds)
 
     return app
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedbarrier.config import Config, to_toml
+from fedbarrier.config import Config, load_config, to_dict, to_toml
 from fedbarrier.errors import UserError
 from fedbarrier.federation import federation
 from fedbarrier.records import RunDir, environment_info
@@ -104,7 +104,56 @@ def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progres
     """
     quiet_environment()
     run_dir = prepare_run(cfg, out, force=force)
+    _simulate(cfg, run_dir, 0, progress=progress, verbose=verbose, client_app=client_app)
+    return run_dir
 
+
+def resume_experiment(path: str | Path, check: Config | None = None, *, progress: bool = True,
+                      verbose: bool = False, client_app: Any = None) -> RunDir:
+    """Continue a run from its last completed round, with the config it was started with.
+
+    ``check`` (a config the user gave) must equal the recorded one. Records of a round that did
+    not complete are dropped and the round runs again; every random stream is derived from (seed,
+    round, client), and clients read their state of an earlier round, so the finished records
+    equal those of an uninterrupted run.
+    """
+    quiet_environment()
+    run_dir = RunDir(path)
+    if not (run_dir.path / "config.toml").is_file():
+        raise UserError(f"{str(run_dir.path)!r} is not a run directory (no config.toml)")
+    cfg = load_config(run_dir.path / "config.toml")
+    mine, theirs = _flat(to_dict(cfg)), _flat(to_dict(check)) if check is not None else None
+    if theirs is not None and theirs != mine:
+        differs = [key for key in mine if mine[key] != theirs.get(key)]
+        raise UserError(f"{str(run_dir.path)!r} was started with a different config (differs in "
+                        f"{', '.join(differs)}); resume without a config or start a new run")
+    done = run_dir.last_complete_round()
+    if done >= cfg.train.rounds:
+        print(f"{run_dir.path} is complete ({cfg.train.rounds} rounds); nothing to resume")
+        return run_dir
+    if done < 0:
+        raise UserError(f"{str(run_dir.path)!r} has no completed round to resume from; start it "
+                        "again with --force")
+    preflight(cfg)
+    run_dir.truncate_after(done)
+    if progress:
+        print(f"resuming {run_dir.path} after round {done}", flush=True)
+    _simulate(cfg, run_dir, done, progress=progress, verbose=verbose, client_app=client_app)
+    return run_dir
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: bool,
+              verbose: bool, client_app: Any) -> None:
     import ray
     from flwr.simulation import run_simulation
 
@@ -118,7 +167,8 @@ def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progres
             # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
             run_simulation(
-                server_app=make_server_app(cfg, run_dir, progress=progress),
+                server_app=make_server_app(cfg, run_dir, progress=progress,
+                                           completed_rounds=completed_rounds),
                 client_app=client_app or make_client_app(cfg, run_dir.path / CLIENTS_DIR),
                 num_supernodes=cfg.data.num_clients,
                 backend_config=backend_config(cfg),  # type: ignore[arg-type]
@@ -131,4 +181,3 @@ def run_experiment(cfg: Config, out: str | Path, *, force: bool = False, progres
         from fedbarrier.plots import plot_run
 
         plot_run(run_dir.path)
-    return run_dir

@@ -33,6 +33,16 @@ class BarrierAwareFedAvg(LayerwiseFedAvg):
         self.latest: dict[str, Any] | None = None
         self.history: dict[int, list[str]] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the choices so far and the latest per-layer barriers."""
+        latest = None if self.latest is None else {"split": self.latest["split"],
+                                                   "per_layer": self.latest["per_layer"]}
+        return {"history": {str(r): v for r, v in self.history.items()}, "latest": latest}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = {int(r): list(v) for r, v in state["history"].items()}
+        self.latest = state["latest"]
+
     def observe(self, record: dict[str, Any]) -> None:
         """Called by the barrier hook with each new measurement record."""
         if record.get("split") == self.split and record.get("per_layer"):

@@ -1,0 +1,89 @@
+"""kill -9 in the middle of a run, then --resume: the records equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fedbarrier.config import load_config, to_toml
+from fedbarrier.errors import UserError
+from fedbarrier.simulation import resume_experiment, run_experiment
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test"}
+# Personal layers and persistent momentum: resume must restore client-side state too.
+RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fedper",
+                    "train.keep_optimizer_state=true"]
+
+
+def records(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+            for line in path.read_text().splitlines()]
+
+
+def kill_tree_matching(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (Ray's helpers included)."""
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    for pid in out.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    cfg = load_config(None, RESUMABLE)
+    config_file = tmp_path / "exp.toml"
+    config_file.write_text(to_toml(cfg))
+    reference = tmp_path / "reference"
+    run_experiment(cfg, reference, progress=False)
+
+    run = tmp_path / "killed"
+    # Ray's processes carry this path, so we can find and kill them; short, because Ray's unix
+    # socket paths must stay under 107 characters.
+    private_tmp = Path(tempfile.mkdtemp(prefix="fbk-"))
+    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
+                             "--out", str(run), "--quiet"], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "stderr.txt", "w"))
+    deadline = time.monotonic() + 120
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # rounds 0 and 1
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kill_tree_matching(str(private_tmp))
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    assert metrics.exists(), (tmp_path / "stderr.txt").read_text()[-2000:]
+    done_at_kill = len(metrics.read_text().splitlines()) - 1
+    assert 1 <= done_at_kill < cfg.train.rounds, "the kill should land mid-run"
+
+    resume_experiment(run, progress=False)
+    assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
+    assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
+
+
+def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
+    cfg = load_config(None, TINY + ["train.rounds=1", "barriers.enabled=false"])
+    run = tmp_path / "run"
+    run_experiment(cfg, run, progress=False)
+    other = load_config(None, TINY + ["train.rounds=1", "barriers.enabled=false", "data.alpha=2"])
+    with pytest.raises(UserError, match="different config .*data.alpha"):
+        resume_experiment(run, other, progress=False)
+    before = (run / "metrics.jsonl").read_text()
+    resume_experiment(run, cfg, progress=False)  # complete: nothing to do
+    assert (run / "metrics.jsonl").read_text() == before
