@@ -87,3 +87,32 @@ def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
     before = (run / "metrics.jsonl").read_text()
     resume_experiment(run, cfg, progress=False)  # complete: nothing to do
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path):
+    cfg = load_config(None, RESUMABLE)
+    config_file = tmp_path / "exp.toml"
+    config_file.write_text(to_toml(cfg))
+    run = tmp_path / "run"
+    private_tmp = Path(tempfile.mkdtemp(prefix="fbc-"))
+    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
+                             "--out", str(run), "--quiet"], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"resume with: fedbarrier run --resume {run}" in stderr
+    time.sleep(2)
+    leftover = subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True, text=True)
+    kill_tree_matching(str(private_tmp))
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    assert leftover.stdout.strip() == "", "Ray processes survived Ctrl-C"
+    resume_experiment(run, progress=False)
+    assert [r["round"] for r in records(run / "metrics.jsonl")] == [0, 1, 2, 3, 4]

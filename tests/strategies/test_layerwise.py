@@ -124,3 +124,18 @@ def test_plugin_errors_are_one_line():
 def test_plugin_by_dotted_path_gets_groups_when_it_asks():
     s = build_strategy(cfg("strategy.name=tests.strategies.plugin:HeadOnly"), 10, GROUPS)
     assert s.shared_layers(1) == ["fc2"]
+
+
+def test_barrier_aware_state_round_trips_for_resume():
+    s = BarrierAwareFedAvg(GROUPS, threshold=0.1, margin=0.02)
+    s.shared_layers(1)
+    s.observe(record({"conv1": 0.05, "conv2": 0.11, "fc1": 0.13, "fc2": 0.5}))
+    s.shared_layers(2)
+    import json
+
+    restored = BarrierAwareFedAvg(GROUPS, threshold=0.1, margin=0.02)
+    restored.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert restored.history == s.history
+    s.observe(record({"conv1": 0.05, "conv2": 0.09, "fc1": 0.07, "fc2": 0.07}))
+    restored.observe(record({"conv1": 0.05, "conv2": 0.09, "fc1": 0.07, "fc2": 0.07}))
+    assert restored.shared_layers(3) == s.shared_layers(3)
