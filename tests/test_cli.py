@@ -27,6 +27,13 @@ def fedbarrier(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     (["--set", "data.min_partition_size=1000"], "min"),
     (["--set", "model.name=vgg11"], "vgg11"),
     (["--set", "strategy.name=nope"], "strategy.name = 'nope' is not allowed"),
+    (["--set", "strategy.name=layers", "--set", 'strategy.layers=["conv9"]'], "conv9"),
+    (["--set", "strategy.name=no_such_pkg.mod:Cls"], "cannot import 'no_such_pkg.mod'"),
+    (["--set", "data.dataset=cifar10", "--set", "data.data_dir=/nonexistent/cifar"],
+     "/nonexistent/cifar"),
+    (["--set", "data.partition=pathological", "--set", "data.classes_per_client=11"],
+     "classes_per_client"),
+    (["--set", "barriers.splits=[]", "--set", "strategy.name=barrier-aware"], "barrier_split"),
 ])
 def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
     result = fedbarrier("run", QUICKSTART, "--out", str(tmp_path / "run"), *args)
