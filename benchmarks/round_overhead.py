@@ -1,0 +1,116 @@
+"""fedbarrier's round time against a plain single-process PyTorch loop doing the same work.
+
+Workload (issue "Performance and scale"): 10 clients x 500 examples of generated CIFAR-shaped data
+(3x32x32, 10 classes), the small CNN, 1 local epoch per round, and the quickstart's evaluation:
+every client evaluates the new global model on its local test part, and the server evaluates it
+on the global test set. Barriers are off (their cost is measured by `barrier_cost` and reported
+separately here as the quickstart's hook overhead).
+
+The plain loop trains the clients one after another with the same seeds, steps and learning rates
+(`fedbarrier.task.train`), averages like FedAvg and evaluates the same data. Both run on the same
+machine in the same invocation; the table prints ratios.
+
+    python -m benchmarks.round_overhead [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fedbarrier.build import initial_model
+from fedbarrier.config import Config, load_config
+from fedbarrier.federation import federation
+from fedbarrier.task import derive_seed, evaluate, lr_at, train
+
+WORKLOAD = [
+    "data.dataset=synthetic", "data.synthetic_shape=[3, 32, 32]", "data.synthetic_classes=10",
+    "data.synthetic_train_size=6250", "data.synthetic_test_size=1000", "data.synthetic_noise=4.0",
+    "data.partition=iid", "data.num_clients=10", "data.test_fraction=0.2",  # 500 train each
+    "model.name=cnn", "train.local_epochs=1", "train.batch_size=32", "barriers.enabled=false",
+    "output.plots=false",
+]
+
+
+def plain_loop(cfg: Config) -> list[float]:
+    """Seconds per round of the same federated computation without Flower or Ray."""
+    fed = federation(cfg.data, cfg.seed)
+    model = initial_model(cfg, fed)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    device, t = torch.device("cpu"), cfg.train
+    times = []
+    for r in range(1, t.rounds + 1):
+        start = time.perf_counter()
+        states, weights = [], []
+        for pid in range(fed.num_clients):
+            model.load_state_dict(global_state)
+            data = fed.client_train(pid)
+            train(model, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
+                  lr=lambda step, total, r=r: lr_at(((r - 1) + step / total) / t.rounds, t.lr,
+                                                   t.lr_schedule, t.warmup),
+                  momentum=t.momentum, weight_decay=t.weight_decay,
+                  seed=derive_seed(cfg.seed, pid, r), device=device)
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            weights.append(len(data))
+        total = sum(weights)
+        global_state = {k: sum(w / total * s[k] for w, s in zip(weights, states))
+                        for k in global_state}
+        model.load_state_dict(global_state)
+        for pid in range(fed.num_clients):
+            test = fed.client_test(pid)
+            evaluate(model, test.x, test.y, batch_size=t.eval_batch_size, device=device)
+        evaluate(model, fed.splits.test.x, fed.splits.test.y, batch_size=t.eval_batch_size,
+                 device=device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def fedbarrier_run(cfg: Config) -> tuple[list[float], float]:
+    """Seconds per round (from metrics.jsonl) and the whole run's seconds, start-up included."""
+    from fedbarrier.simulation import run_experiment
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run_experiment(cfg, Path(tmp) / "run", progress=False)
+        total = time.perf_counter() - start
+        metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
+    return [m["wall_seconds"] for m in metrics if m["round"] > 0], total
+
+
+def steady(times: list[float]) -> float:
+    """Median of the rounds after the first two (worker start and warm-up excluded)."""
+    rest = sorted(times[2:] or times)
+    return rest[len(rest) // 2]
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args(argv)
+    cfg = load_config(None, WORKLOAD + [f"train.rounds={args.rounds}"])
+    federation(cfg.data, cfg.seed)  # data generation is not part of either timing
+    start = time.perf_counter()
+    plain = plain_loop(cfg)
+    plain_total = time.perf_counter() - start
+    fb, fb_total = fedbarrier_run(cfg)
+    out = {"plain_round_s": steady(plain), "fedbarrier_round_s": steady(fb),
+           "plain_run_s": plain_total, "fedbarrier_run_s": fb_total}
+    out["round_ratio"] = out["fedbarrier_round_s"] / out["plain_round_s"]
+    out["run_ratio"] = out["fedbarrier_run_s"] / out["plain_run_s"]
+    print(f"{args.rounds} rounds, 10 clients x 500 examples, small CNN, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads in the plain loop")
+    print(f"{'figure':<34}{'fedbarrier (s)':>16}{'plain loop (s)':>16}{'ratio':>8}")
+    print(f"{'steady-state time per round':<34}{out['fedbarrier_round_s']:>16.2f}"
+          f"{out['plain_round_s']:>16.2f}{out['round_ratio']:>8.2f}")
+    print(f"{'whole run, start-up included':<34}{out['fedbarrier_run_s']:>16.2f}"
+          f"{out['plain_run_s']:>16.2f}{out['run_ratio']:>8.2f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
