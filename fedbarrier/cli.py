@@ -105,7 +105,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from fedbarrier.analysis import parse_clients
 
     common = {"server_round": args.round, "clients": parse_clients(args.clients), "split": args.split,
-              "draws": args.draws, "n": args.n, "seed": args.seed, "as_json": args.json}
+              "draws": args.draws, "n": args.n, "seed": args.seed, "out": args.out, "as_json": args.json}
     if args.analysis == "robustness":
         from fedbarrier.analysis.robustness import analyze_run
 
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--draws", type=int, default=draws, help=f"random draws (default: {draws})")
         q.add_argument("--n", type=int, help="examples in the data sample (default: barriers.n of the run)")
         q.add_argument("--seed", type=int, help="seed of the random draws (default: the run's seed)")
+        q.add_argument("--out", help="folder for the record and plots (default: RUN_DIR/analysis)")
         q.add_argument("--json", action="store_true", help="print the record as JSON")
         if name == "subspace":
             q.add_argument("--sigmas", nargs="+", metavar="SIGMA",
