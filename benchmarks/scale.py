@@ -1,0 +1,90 @@
+"""Scale: time per round and peak memory for 10, 100 and 1,000 clients, 10 sampled per round.
+
+Every client holds about 20 generated examples (3x16x16, 10 classes) and personal layers
+(strategy fedper, so each client keeps its own model on its side); barriers are measured between
+the sampled clients every round. Peak RSS is sampled every 50 ms over the driver and all its
+child processes (Ray's workers included). Targets: time per round grows with the number of
+*sampled* clients, not the total; peak memory stays flat in the total.
+
+    python -m benchmarks.scale [--clients 10,100,1000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from fedbarrier.config import load_config
+from fedbarrier.simulation import run_experiment
+
+
+class PeakRSS:
+    """Largest summed RSS of this process and its descendants while the block runs."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench(num_clients: int, rounds: int, sampled: int = 10) -> dict[str, float]:
+    cfg = load_config(None, [
+        "data.dataset=synthetic", "data.synthetic_shape=[3, 16, 16]",
+        f"data.synthetic_train_size={20 * num_clients}", "data.synthetic_test_size=500",
+        "data.partition=iid", f"data.num_clients={num_clients}", "data.test_fraction=0.2",
+        "data.min_partition_size=0", "model.name=cnn", f"train.rounds={rounds}",
+        "strategy.name=fedper", f"strategy.clients_per_round={sampled}",
+        f"strategy.fraction_evaluate={sampled / num_clients}", "barriers.n=200",
+        "barriers.splits=[\"test\"]", "output.plots=false"])
+    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as rss:
+        start = time.perf_counter()
+        run_experiment(cfg, Path(tmp) / "run", progress=False)
+        total = time.perf_counter() - start
+        metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
+    per_round = sorted(m["wall_seconds"] for m in metrics if m["round"] >= 2)
+    return {"clients": num_clients, "sampled": sampled, "round_s": per_round[len(per_round) // 2],
+            "run_s": total, "peak_rss_gib": rss.peak / 2**30}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", default="10,100,1000")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = [bench(int(n), args.rounds) for n in args.clients.split(",")]
+    base = rows[0]
+    print(f"{'clients':>8}{'sampled':>9}{'s / round':>11}{'vs first':>10}{'run (s)':>10}"
+          f"{'peak RSS (GiB)':>16}{'vs first':>10}")
+    for r in rows:
+        print(f"{r['clients']:>8}{r['sampled']:>9}{r['round_s']:>11.2f}"
+              f"{r['round_s'] / base['round_s']:>10.2f}{r['run_s']:>10.1f}"
+              f"{r['peak_rss_gib']:>16.2f}{r['peak_rss_gib'] / base['peak_rss_gib']:>10.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
