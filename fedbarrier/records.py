@@ -36,14 +36,14 @@ METRICS_FILE = "metrics.jsonl"
 BARRIERS_FILE = "barriers.jsonl"
 
 
-def _clean(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Strict JSON: non-finite floats become null (the reader sees 'not a number' explicitly)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -60,7 +60,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
     """Append one complete line in a single write; fsync so a crash keeps whole lines only."""
-    line = json.dumps(_clean(record), allow_nan=False, separators=(",", ":")) + "\n"
+    line = json.dumps(json_ready(record), allow_nan=False, separators=(",", ":")) + "\n"
     with open(path, "ab") as fh:
         fh.write(line.encode())
         fh.flush()
@@ -114,7 +114,9 @@ def environment_info() -> dict[str, Any]:
         "flwr": flwr.__version__,
         "numpy": numpy.__version__,
         "platform": platform.platform(),
-        "command": sys.argv,
+        # Under flwr's Deployment Engine the process gets an access token on its command line.
+        "command": ["<redacted>" if i and sys.argv[i - 1] == "--token" else a
+                    for i, a in enumerate(sys.argv)],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -152,7 +154,7 @@ class RunDir:
         return self.path / "plots"
 
     def write_json(self, name: str, data: Any) -> None:
-        write_atomic(self.path / name, json.dumps(_clean(data), indent=1) + "\n")
+        write_atomic(self.path / name, json.dumps(json_ready(data), indent=1) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)
@@ -176,7 +178,7 @@ class RunDir:
         save_state_dict(self.state_path(server_round, "global"), global_state)
         if strategy_state is not None:
             write_atomic(self.path / "state" / f"strategy-{server_round:04d}.json",
-                         json.dumps(_clean(strategy_state)))
+                         json.dumps(json_ready(strategy_state)))
         for old in sorted((self.path / "state").glob("*-*.*")):
             number = old.stem.rsplit("-", 1)[-1]
             if number.isdigit() and int(number) < server_round - 1:

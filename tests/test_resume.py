@@ -42,22 +42,30 @@ def kill_tree_matching(marker: str) -> None:
             pass
 
 
-def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
-    cfg = load_config(None, RESUMABLE)
+def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr) -> tuple[subprocess.Popen, Path]:
+    """`fedbarrier run` in its own session, with Ray's files under a short private temp folder.
+
+    Ray's processes carry that folder's path, so the test can find and kill them; it is short
+    because Ray's unix socket paths must stay under 107 characters.
+    """
     config_file = tmp_path / "exp.toml"
     config_file.write_text(to_toml(cfg))
+    private_tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
+                             "--out", str(run), "--quiet"], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
+    return proc, private_tmp
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    cfg = load_config(None, RESUMABLE)
     reference = tmp_path / "reference"
     run_experiment(cfg, reference, progress=False)
 
     run = tmp_path / "killed"
-    # Ray's processes carry this path, so we can find and kill them; short, because Ray's unix
-    # socket paths must stay under 107 characters.
-    private_tmp = Path(tempfile.mkdtemp(prefix="fbk-"))
-    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
-                             "--out", str(run), "--quiet"], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "stderr.txt", "w"))
+    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbk-", open(tmp_path / "stderr.txt", "w"))
     deadline = time.monotonic() + 120
     metrics = run / "metrics.jsonl"
     while time.monotonic() < deadline:
@@ -91,15 +99,8 @@ def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
 
 def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path):
     cfg = load_config(None, RESUMABLE)
-    config_file = tmp_path / "exp.toml"
-    config_file.write_text(to_toml(cfg))
     run = tmp_path / "run"
-    private_tmp = Path(tempfile.mkdtemp(prefix="fbc-"))
-    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
-                             "--out", str(run), "--quiet"], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (

@@ -30,6 +30,7 @@ from fedbarrier.evaluator import ModelEvaluator
 from fedbarrier.federation import federation, server_sample
 from fedbarrier.layers import Stage, layer_groups, model_stages
 from fedbarrier.offline import load_checkpoint
+from fedbarrier.records import json_ready  # noqa: F401 (re-exported for the analyses)
 from fedbarrier.task import resolve_device
 
 StateDict = Mapping[str, torch.Tensor]
@@ -62,17 +63,6 @@ def with_vector(state: StateDict, keys: Sequence[str], vector: torch.Tensor) -> 
     if start != vector.numel():
         raise ValueError(f"vector has {vector.numel()} entries for {start} coordinates")
     return out
-
-
-def json_ready(value: Any) -> Any:
-    """Strict JSON: non-finite floats become null, as in every record fedbarrier writes."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------ run folder
