@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from fedbarrier.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 BARRIERS_FILE = "barriers.jsonl"
+RUN_MARKERS = ("config.toml", METRICS_FILE, "summary.md")  # what --force may replace
 
 
 def json_ready(value: Any) -> Any:
@@ -135,9 +137,17 @@ class RunDir:
         if p.exists() and any(p.iterdir()) and not force:
             raise UserError(f"run directory {str(p)!r} already holds a run; pass --force to "
                             "overwrite it or --out to choose another")
-        if p.exists() and force:
-            for name in (METRICS_FILE, BARRIERS_FILE):
-                (p / name).unlink(missing_ok=True)
+        if p.exists() and force and any(p.iterdir()):
+            if not any((p / name).exists() for name in RUN_MARKERS):
+                raise UserError(f"{str(p)!r} is not empty and holds no run; --force only replaces "
+                                "a previous run directory")
+            # Everything of the previous run goes: stale client state or server state would
+            # silently feed the new run (clients read their newest earlier state).
+            for child in p.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         p.mkdir(parents=True, exist_ok=True)
         return cls(p)
 
