@@ -121,7 +121,8 @@ class StrategyConfig:
     # Schemes of Kamp et al. (FedDC, dynamic averaging, Radon machine); see strategies/.
     daisy_period: int = _f(1, "feddc: pass each client's model on to another client every this "
                            "many rounds (0 = never: periodic averaging)", min=0)
-    aggregation_period: int = _f(10, "feddc: average all models every this many rounds", min=1)
+    aggregation_period: int = _f(10, "feddc, periodic: average all models every this many rounds",
+                                 min=1)
     delta: float = _f(1.0, "dynamic: synchronize when a client's squared distance to the last "
                       "synchronized model exceeds this", min=0.0)
     radon_height: int = _f(1, "radon: levels h of the Radon machine (needs r^h clients, r >= "

@@ -10,6 +10,7 @@ parameters differ, and reuse the activation from there.
 """
 
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
-from torchvision.models import ResNet  # type: ignore[import-untyped]
 
 from fedbarrier.errors import UserError
 from fedbarrier.models import VGG
@@ -227,7 +227,11 @@ def _split(model: nn.Module) -> list[Stage] | None:
     """The model-type specific split, or None for an unknown model type."""
     if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         return _chain_stages(_sequential_items(model, ""))
-    if isinstance(model, ResNet) and _forward_unchanged(model, ResNet, "_forward_impl"):
+    # A torchvision ResNet can only exist if torchvision was imported (models.py imports it lazily).
+    tv_models = sys.modules.get("torchvision.models")
+    ResNet = getattr(tv_models, "ResNet", None)  # noqa: N806
+    if ResNet is not None and isinstance(model, ResNet) \
+            and _forward_unchanged(model, ResNet, "_forward_impl"):
         return _resnet_stages(model)
     if isinstance(model, VGG) and _forward_unchanged(model, VGG, "forward"):
         items = _sequential_items(model.features, "features.")
@@ -256,7 +260,7 @@ def _sequential_items(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Mod
     return items
 
 
-def _resnet_stages(model: ResNet) -> list[Stage]:
+def _resnet_stages(model: nn.Module) -> list[Stage]:
     """stem, one stage per residual block (its own module, prefixed keys), head."""
     stem = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
     stages = [_chain_stage("stem", stem)]

@@ -5,6 +5,8 @@ Every model is built from torch's global RNG only, so ``torch.manual_seed(s)`` f
 
 - ``cnn``: a small fast CNN (two conv/relu/pool blocks, two linear layers), any input >= 4x4.
 - ``mlp``: three linear layers on the flattened input.
+- ``linear``: logistic regression, one linear layer on the flattened input (the Radon machine's
+  model: d = (C*H*W + 1) * classes parameters).
 - ``resnet18``: the normalization-free ResNet18 of Adilova et al. (ICLR 2024): torchvision's
   ``resnet18(norm_layer=nn.Identity)`` with a 3x3 stride-1 stem and no max-pool. It has exactly 21
   layers (``conv1``, 16 block convs, 3 ``downsample.0`` convs, ``fc``) and no buffers.
@@ -16,21 +18,20 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models import ResNet, resnet18  # type: ignore[import-untyped]
-from torchvision.models.resnet import BasicBlock  # type: ignore[import-untyped]
-from torchvision.models.vgg import cfgs, make_layers  # type: ignore[import-untyped]
 
+# torchvision is imported where a ResNet or VGG is built: importing it costs about a second, which
+# every client process and every CLI call that never builds one would otherwise pay.
 from fedbarrier.errors import UserError
 
-MODELS = ("cnn", "mlp", "resnet18", "vgg11")
+MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear")
 
 # Default `width` of each model: cnn/vgg11/resnet18 first conv channels, mlp first hidden units.
-DEFAULT_WIDTH = {"cnn": 32, "mlp": 256, "resnet18": 64, "vgg11": 64}
+DEFAULT_WIDTH = {"cnn": 32, "mlp": 256, "resnet18": 64, "vgg11": 64, "linear": 1}  # linear: unused
 
 # Smallest height/width for which every downsampling step still halves a map >= 2 pixels wide.
 # cnn: two floor 2x2 pools (4 -> 2 -> 1); resnet18: three stride-2 convs, which round up
 # (5 -> 3 -> 2 -> 1); vgg11: five ceil-mode 2x2 pools (17 -> 9 -> 5 -> 3 -> 2 -> 1).
-MIN_SIDE = {"cnn": 4, "mlp": 1, "resnet18": 5, "vgg11": 17}
+MIN_SIDE = {"cnn": 4, "mlp": 1, "resnet18": 5, "vgg11": 17, "linear": 1}
 
 
 class SmallCNN(nn.Sequential):
@@ -39,6 +40,10 @@ class SmallCNN(nn.Sequential):
 
 class MLP(nn.Sequential):
     """The ``mlp`` model: a named ``nn.Sequential`` (``fc1``, ``fc2``, ``fc3``)."""
+
+
+class Linear(nn.Sequential):
+    """The ``linear`` model: ``flatten`` then one ``fc`` layer (logistic regression)."""
 
 
 class VGG(nn.Module):
@@ -100,6 +105,8 @@ def build_model(
         return _cnn(channels, height, w, num_classes, width)
     if name == "mlp":
         return _mlp(channels * height * w, num_classes, width)
+    if name == "linear":
+        return Linear(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(channels * height * w, num_classes)))
     if name == "resnet18":
         return _resnet18(channels, num_classes, width)
     return _vgg11(channels, num_classes, width)
@@ -165,6 +172,8 @@ def _resnet18(channels: int, num_classes: int, base: int) -> nn.Module:
     stem conv and rebuilt stages follow the same rule as the rest. For ``base != 64`` the four
     stages are rebuilt with ``base, 2*base, 4*base, 8*base`` channels.
     """
+    from torchvision.models import resnet18  # type: ignore[import-untyped]
+
     model: nn.Module = resnet18(norm_layer=nn.Identity, num_classes=num_classes)
     if base != DEFAULT_WIDTH["resnet18"]:
         _rewiden_resnet(model, base, num_classes)
@@ -174,9 +183,11 @@ def _resnet18(channels: int, num_classes: int, base: int) -> nn.Module:
     return model
 
 
-def _rewiden_resnet(model: ResNet, base: int, num_classes: int) -> None:
+def _rewiden_resnet(model: nn.Module, base: int, num_classes: int) -> None:
     """Rebuild ``layer1..4`` and ``fc`` of a ResNet18 in place with ``base`` stem channels."""
     model.inplanes = base  # read by torchvision's _make_layer to size each stage's input
+    from torchvision.models.resnet import BasicBlock  # type: ignore[import-untyped]
+
     model.layer1 = model._make_layer(BasicBlock, base, 2)
     model.layer2 = model._make_layer(BasicBlock, 2 * base, 2, stride=2)
     model.layer3 = model._make_layer(BasicBlock, 4 * base, 2, stride=2)
@@ -205,6 +216,8 @@ def _vgg11(channels: int, num_classes: int, base: int) -> VGG:
       torchvision) is active in training only; evaluation and barriers run in eval mode.
     Init follows torchvision's VGG: Kaiming convs, N(0, 0.01) linears, zero biases.
     """
+    from torchvision.models.vgg import cfgs, make_layers  # type: ignore[import-untyped]
+
     cfg = [v if v == "M" else max(1, int(v) * base // 64) for v in cfgs["A"]]
     features = make_layers(cfg, batch_norm=False)
     _adapt_vgg_features(features, channels)

@@ -68,11 +68,13 @@ def train(
     seed: int,
     device: torch.device,
     momentum_buffers: dict[str, torch.Tensor] | None = None,
+    steps: int = 0,
 ) -> TrainStats:
     """SGD with momentum and weight decay; ``lr(step, total_steps)`` gives each step's rate.
 
     ``momentum_buffers`` (by parameter name) continue an earlier call's optimizer state; the
-    returned stats carry the buffers at the end.
+    returned stats carry the buffers at the end. ``steps > 0`` runs exactly that many SGD steps
+    instead of ``epochs`` (passes over freshly shuffled data, the last one cut short).
     """
     model.to(device).train()
     x, y = x.to(device), y.to(device)
@@ -85,11 +87,13 @@ def train(
             optimizer.state[named[name]]["momentum_buffer"] = buf.to(device).clone()
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    loss_sum, step = 0.0, 0
-    for _ in range(epochs):
+    total = steps if steps > 0 else epochs * steps_per_epoch
+    loss_sum, step, seen = 0.0, 0, 0
+    for _ in range(math.ceil(total / max(1, steps_per_epoch))):
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
+            if step == total:
+                break
             idx = order[start:start + batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = lr(step, total)
@@ -102,10 +106,11 @@ def train(
             optimizer.step()
             loss_sum += value
             step += 1
+            seen += len(idx)
     buffers = {name: optimizer.state[p]["momentum_buffer"].detach().cpu()
                for name, p in named.items()
                if optimizer.state.get(p, {}).get("momentum_buffer") is not None}
-    return TrainStats(loss=loss_sum / max(1, step), steps=step, examples=epochs * n, diverged=False,
+    return TrainStats(loss=loss_sum / max(1, step), steps=step, examples=seen, diverged=False,
                       momentum=buffers)
 
 

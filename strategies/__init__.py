@@ -6,7 +6,8 @@ hook is attached around it by ``fedbarrier.instrumented.Instrumented``, so every
 barrier measurement without knowing about it.
 
 Names: ``fedavg``, ``fedper``, ``lg-fedavg``, ``shallow:K``, ``deep:K``, ``layers`` (with
-``[strategy] layers``), ``local``, ``barrier-aware``, or a plug-in ``package.module:ClassName``
+``[strategy] layers``), ``local``, ``barrier-aware``, ``feddc``, ``periodic``, ``dynamic``,
+``radon``, ``minibatch-sgd``, or a plug-in ``package.module:ClassName``
 (a file dropped into this folder is ``strategies.<file>:<Class>``). A plug-in class receives
 Flower's FedAvg sampling keyword arguments, and ``groups`` (the model's ordered layers) when its
 ``__init__`` accepts it.
@@ -24,10 +25,15 @@ from fedbarrier.config import StrategyConfig
 from fedbarrier.errors import UserError
 from fedbarrier.layers import LayerGroups, select_layers
 from strategies.barrier_aware import BarrierAwareFedAvg
+from strategies.dynamic import DynamicAveraging
+from strategies.feddc import FedDC
 from strategies.layerwise import LayerwiseFedAvg, preset_layers
+from strategies.minibatch import MinibatchSGD
+from strategies.radon import RadonMachine
 
 PRESETS = ("fedavg", "fedper", "lg-fedavg", "local", "layers", "shallow:K", "deep:K",
-           "barrier-aware", "package.module:ClassName")
+           "barrier-aware", "feddc", "periodic", "dynamic", "radon", "minibatch-sgd",
+           "package.module:ClassName")
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -75,6 +81,18 @@ def build_strategy(cfg: StrategyConfig, num_clients: int, groups: LayerGroups) -
         return BarrierAwareFedAvg(groups, threshold=cfg.threshold, margin=cfg.margin,
                                   split=cfg.barrier_split, metric=cfg.barrier_metric,
                                   statistic=cfg.barrier_statistic, **kwargs)
+    # Schemes of the source material beyond partial sharing (see each module's docstring).
+    if name == "feddc":
+        return FedDC(groups, daisy_period=cfg.daisy_period,
+                     aggregation_period=cfg.aggregation_period, **kwargs)
+    if name == "periodic":  # FedDC without daisy-chaining: average every aggregation_period rounds
+        return FedDC(groups, daisy_period=0, aggregation_period=cfg.aggregation_period, **kwargs)
+    if name == "dynamic":
+        return DynamicAveraging(groups, delta=cfg.delta, **kwargs)
+    if name == "radon":
+        return RadonMachine(groups, height=cfg.radon_height, num_clients=num_clients, **kwargs)
+    if name == "minibatch-sgd":
+        return MinibatchSGD(**kwargs)  # type: ignore[arg-type]
     if name in ("fedper", "lg-fedavg", "local", "layers") or re.fullmatch(r"(shallow|deep):\d+",
                                                                            name):
         if ":" in name and not 1 <= int(name.partition(":")[2]) <= len(groups):
