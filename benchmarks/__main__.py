@@ -1,5 +1,10 @@
-"""``python -m benchmarks``: run every benchmark and print its table of ratios."""
+"""``python -m benchmarks``: every benchmark, each printing its table of ratios (docs/performance.md).
 
-from benchmarks import barrier_cost
+    python -m benchmarks            # barrier cost, round overhead, scale (about 25 minutes on 2 cores)
+"""
 
-barrier_cost.main()
+from benchmarks import barrier_cost, round_overhead, scale
+
+barrier_cost.main([])
+round_overhead.main([])
+scale.main([])

@@ -7,8 +7,9 @@ server-side set (``barriers.splits = ["test"]``, the global test split).
 
 Flower's state stays in temporary folders: ``FLWR_HOME`` (where the ``flwr`` CLI reads
 ``config.toml`` and the SuperLink/SuperNodes install the app bundle) and the SuperLink database.
-``flwr run`` builds the bundle (FAB) from a clean temporary copy of the app (pyproject.toml and
-the three packages): it neither picks up the repository's run folders nor rewrites its pyproject.toml.
+``flwr run`` builds the bundle (FAB) from a clean temporary copy of the app (pyproject.toml, the
+three packages and the experiment configs): it neither picks up the repository's run folders nor
+rewrites its pyproject.toml.
 """
 
 from __future__ import annotations
@@ -167,9 +168,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
 
 
 def _make_app(dest: Path) -> Path:
-    """A clean app folder for the bundle: the repo's pyproject.toml and its packages."""
+    """A clean app folder for the bundle: pyproject.toml, the packages and the experiment configs
+    (what pyproject's fab-include bundles)."""
     dest.mkdir()
     shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
+    (dest / "experiments").mkdir()
+    for config in (REPO / "experiments").glob("*.toml"):
+        shutil.copy2(config, dest / "experiments" / config.name)
     for package in APP_PACKAGES:
         shutil.copytree(REPO / package, dest / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
