@@ -15,6 +15,7 @@ from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.dynamic import DynamicAveraging, should_sync
 from tests.conftest import TINY
+from tests.strategies.replay import assert_same_model, replay_round
 from tests.strategies.test_feddc import GROUPS, FakeGrid, model, reply, task_identity, value_of  # noqa: F401
 
 
@@ -110,10 +111,8 @@ def test_quiet_rounds_continue_local_models_and_a_violation_synchronizes(tmp_pat
     Checked against the checkpoints: quiet rounds continue each client's own model, the reported
     divergence is the distance to the initial model (the reference the clients kept)."""
     from fedbarrier.build import initial_state
-    from fedbarrier.client_app import _model
     from fedbarrier.federation import federation
     from fedbarrier.simulation import run_experiment
-    from fedbarrier.task import derive_seed, lr_at, train
 
     cfg = load_config(None, TINY + ["strategy.name=dynamic", "strategy.delta=0.7", "train.rounds=3",
                                     "output.save_client_models=true",
@@ -128,22 +127,15 @@ def test_quiet_rounds_continue_local_models_and_a_violation_synchronizes(tmp_pat
     assert rounds[1]["bytes_received"] == rounds[2]["bytes_received"] == 0
     assert rounds[2]["bytes_sent"] > 0 and rounds[1]["shared_layers"] == []
 
-    fed, t = federation(cfg.data, cfg.seed), cfg.train
+    fed = federation(cfg.data, cfg.seed)
     checkpoints = tmp_path / "run" / "checkpoints"
     initial, weighted, examples = initial_state(cfg), 0.0, 0
     for pid in rounds[1]["clients"]:
-        net = _model(cfg.model, fed.input_shape, fed.num_classes)
-        net.load_state_dict(torch.load(checkpoints / "round-0001" / f"client-{pid}.pt",
-                                       weights_only=True))
-        data = fed.client_train(pid)
-        train(net, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
-              lr=lambda step, total: lr_at((1 + step / total) / t.rounds, t.lr, t.lr_schedule,
-                                           t.warmup),
-              momentum=t.momentum, weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, pid, 2),
-              device=torch.device("cpu"))
+        start = torch.load(checkpoints / "round-0001" / f"client-{pid}.pt", weights_only=True)
+        net = replay_round(cfg, pid, start, 2)
         saved = torch.load(checkpoints / "round-0002" / f"client-{pid}.pt", weights_only=True)
-        for key, value in net.state_dict().items():
-            torch.testing.assert_close(saved[key], value, atol=1e-5, rtol=1e-5)
+        assert_same_model(saved, net)
+        data = fed.client_train(pid)
         weighted += len(data) * squared_distance(saved, initial)
         examples += len(data)
     assert rounds[1][DIVERGENCE] == pytest.approx(weighted / examples, rel=1e-4)

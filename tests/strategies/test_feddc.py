@@ -18,6 +18,7 @@ from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.feddc import AVERAGE, COMMON, DAISY, KEEP, FedDC, daisy_chain, feddc_step
 from tests.conftest import TINY
+from tests.strategies.replay import assert_same_model, replay_round
 
 GROUPS = {"conv": ["conv.weight"], "fc": ["fc.weight", "fc.bias"]}
 KEYS = [k for keys in GROUPS.values() for k in keys]
@@ -159,10 +160,7 @@ def read(path):
 def test_daisy_chained_models_continue_training_on_the_next_client(tmp_path):
     """Round 1 daisy-chains, round 2 averages; each round-2 model is replayed by hand from the
     round-1 model the log says it got."""
-    from fedbarrier.client_app import _model
-    from fedbarrier.federation import federation
     from fedbarrier.simulation import run_experiment
-    from fedbarrier.task import derive_seed, lr_at, train
 
     cfg = load_config(None, TINY + ["strategy.name=feddc", "strategy.aggregation_period=2",
                                     "output.save_client_models=true",
@@ -173,18 +171,9 @@ def test_daisy_chained_models_continue_training_on_the_next_client(tmp_path):
     assert second["feddc_step"] == AVERAGE and sorted(second["feddc_model_from"]) == [0, 1, 2]
     assert first["bytes_sent"] > 0 and second["bytes_received"] > 0
 
-    fed, t = federation(cfg.data, cfg.seed), cfg.train
     checkpoints = tmp_path / "run" / "checkpoints"
     for pid, source in zip(second["clients"], second["feddc_model_from"]):
-        net = _model(cfg.model, fed.input_shape, fed.num_classes)
-        net.load_state_dict(torch.load(checkpoints / "round-0001" / f"client-{source}.pt",
-                                       weights_only=True))
-        data = fed.client_train(pid)
-        train(net, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
-              lr=lambda step, total: lr_at((1 + step / total) / t.rounds, t.lr, t.lr_schedule,
-                                           t.warmup),
-              momentum=t.momentum, weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, pid, 2),
-              device=torch.device("cpu"))
+        start = torch.load(checkpoints / "round-0001" / f"client-{source}.pt", weights_only=True)
+        net = replay_round(cfg, pid, start, 2)
         saved = torch.load(checkpoints / "round-0002" / f"client-{pid}.pt", weights_only=True)
-        for key, value in net.state_dict().items():
-            torch.testing.assert_close(saved[key], value, atol=1e-5, rtol=1e-5)
+        assert_same_model(saved, net)

@@ -9,12 +9,10 @@ import pytest
 import torch
 
 from fedbarrier.build import initial_state
-from fedbarrier.client_app import _model
 from fedbarrier.config import load_config
-from fedbarrier.federation import federation
 from fedbarrier.simulation import run_experiment
-from fedbarrier.task import derive_seed, lr_at, train
 from tests.conftest import TINY
+from tests.strategies.replay import assert_same_model, replay_round
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +25,14 @@ def test_local_strategy_is_exactly_each_clients_own_training(tmp_path):
     cfg = load_config(None, TINY + ["strategy.name=local", "output.save_client_models=true",
                                     "barriers.families=[\"full\"]"])
     run_experiment(cfg, tmp_path / "run", progress=False)
-    fed = federation(cfg.data, cfg.seed)
     t = cfg.train
     for pid in range(cfg.data.num_clients):
-        model = _model(cfg.model, fed.input_shape, fed.num_classes)
-        model.load_state_dict(initial_state(cfg))
-        data = fed.client_train(pid)
-        for r in range(1, t.rounds + 1):
-            train(model, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
-                  lr=lambda step, total, r=r: lr_at(((r - 1) + step / total) / t.rounds, t.lr,
-                                                   t.lr_schedule, t.warmup),
-                  momentum=t.momentum, weight_decay=t.weight_decay,
-                  seed=derive_seed(cfg.seed, pid, r), device=torch.device("cpu"))
+        model = replay_round(cfg, pid, initial_state(cfg), 1)
+        for r in range(2, t.rounds + 1):
+            replay_round(cfg, pid, model.state_dict(), r, model=model)
         saved = torch.load(tmp_path / "run" / "checkpoints" / f"round-{t.rounds:04d}" /
                            f"client-{pid}.pt", weights_only=True)
-        for key, value in model.state_dict().items():
-            torch.testing.assert_close(saved[key], value, atol=1e-5, rtol=1e-5)
+        assert_same_model(saved, model)
     last = read(tmp_path / "run" / "metrics.jsonl")[-1]
     assert last["shared_layers"] == [] and last["bytes_received"] == 0
     assert last["bytes_instrumentation"] > 0
