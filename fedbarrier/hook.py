@@ -6,7 +6,6 @@ calls around any Flower strategy:
 - ``before_aggregation(models)``: the clients' returned models, *before* the strategy aggregates
   them; may return numbers that are merged into the round's ``metrics.jsonl`` record.
 - ``on_round_end(record)``: the round's complete record (after server-side evaluation).
-- ``on_run_end()``.
 
 :class:`BarrierHook` is the barrier instrumentation; :class:`CheckpointHook` saves the clients'
 models; :class:`MetricsRecorder` and :class:`ProgressPrinter` write and show the round records.
@@ -50,9 +49,6 @@ class RoundHook:
         return None
 
     def on_round_end(self, record: dict[str, Any]) -> None:
-        return None
-
-    def on_run_end(self) -> None:
         return None
 
 
@@ -117,7 +113,6 @@ class BarrierHook(RoundHook):
         self.seed = seed
         self.device = device
         self.batch_size = batch_size
-        self.last: dict[str, dict[str, Any]] = {}  # latest record per split
         self.listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. barrier-aware strategies
 
     def should_measure(self, server_round: int) -> bool:
@@ -152,7 +147,6 @@ class BarrierHook(RoundHook):
             record["default_clients"] = [ids[d] for d in record["defaults"]]
             if self.run_dir is not None:
                 self.run_dir.append_barriers(record)
-            self.last[split] = record
             for listener in self.listeners:
                 listener(record)
             for metric, value in record["full"].items():

@@ -274,8 +274,5 @@ class Instrumented(Strategy):
             self.save_state(server_round, arrays)
         for hook in self.hooks:
             hook.on_round_end(record)
-        if server_round == getattr(self, "num_rounds", -1):
-            for hook in self.hooks:
-                hook.on_run_end()
         self._record = {}
         return result

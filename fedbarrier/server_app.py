@@ -100,7 +100,6 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
                             global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients,
                             completed_rounds=completed_rounds, save_state=save_state)
-    strategy.num_rounds = cfg.train.rounds  # type: ignore[attr-defined]
     strategy.start(grid=grid, initial_arrays=initial,
                    num_rounds=cfg.train.rounds - completed_rounds,
                    train_config=ConfigRecord(), evaluate_config=ConfigRecord(),
