@@ -12,6 +12,10 @@ only in which tensors sit in which layer. :class:`ModelEvaluator` therefore
   stages share those stages' activations, which are computed once. Per-layer and deep
   cumulative variants share everything below the changed layer with their default client's
   model, and shallow cumulative variants share their prefix with the full average.
+- keeps the activations of convolutional models in ``channels_last`` memory format. On CPU,
+  PyTorch's max-pooling and oneDNN's convolutions are several times faster on channels-last
+  tensors (1.7 ms vs 0.2 ms to pool the small CNN's first activation on 300 digits); the
+  numbers are the same up to floating-point summation order.
 
 Both paths compute the same numbers (up to floating-point summation order within a stage).
 """
@@ -47,6 +51,7 @@ class ModelEvaluator:
         share_activations: bool = True,
         batch_size: int = 1000,
         device: torch.device | str = "cpu",
+        channels_last: bool | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -54,6 +59,11 @@ class ModelEvaluator:
         self.y = y.to(self.device)
         self.stages = list(stages) if stages else []
         self.share_activations = share_activations and len(self.stages) > 1
+        convs = [m for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+        self.channels_last = bool(convs) if channels_last is None else channels_last
+        self._convs = convs if self.channels_last else []
+        if self.channels_last and self.x.dim() == 4:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.batch_size = batch_size
         self.stage_calls = 0
         self.forward_calls = 0
@@ -64,6 +74,10 @@ class ModelEvaluator:
         correct = [0] * len(variants)
         was_training = self.model.training
         self.model.eval()
+        # Conv outputs become channels-last, so the layers after them (ReLU, pooling, the next
+        # conv) run on that format too, also where a conv's input has one channel (C = 1 gives
+        # no format to inherit). The hooks live only for this call: the module is shared.
+        handles = [conv.register_forward_hook(_channels_last_output) for conv in self._convs]
         try:
             with torch.inference_mode():
                 for start in range(0, len(self.y), self.batch_size):
@@ -77,6 +91,8 @@ class ModelEvaluator:
                             self.forward_calls += 1
                             self._accumulate(logits, yb, [i], loss_sum, correct)
         finally:
+            for handle in handles:
+                handle.remove()
             self.model.train(was_training)
         n = len(self.y)
         return [{"loss": loss_sum[i] / n, "error": 100.0 - 100.0 * correct[i] / n}
@@ -90,7 +106,9 @@ class ModelEvaluator:
             variant = {}
             for k, t in state.items():
                 if id(t) not in moved:
-                    moved[id(t)] = t.to(self.device, non_blocking=True)
+                    fmt = (torch.channels_last if self.channels_last and t.dim() == 4
+                           else torch.preserve_format)
+                    moved[id(t)] = t.to(self.device, non_blocking=True, memory_format=fmt)
                 variant[k] = moved[id(t)]
             out.append(variant)
         return out
@@ -123,3 +141,7 @@ class ModelEvaluator:
         for i in members:
             loss_sum[i] += loss
             correct[i] += hits
+
+
+def _channels_last_output(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+    return output.contiguous(memory_format=torch.channels_last) if output.dim() == 4 else output

@@ -39,13 +39,15 @@ def client_states(name, shape, k=3):
 @pytest.mark.parametrize("name, shape", [("cnn", (1, 8, 8)), ("mlp", (1, 8, 8)),
                                          ("resnet18", (3, 16, 16))])
 @pytest.mark.parametrize("share", [True, False])
-def test_evaluator_matches_plain_forward(name, shape, share):
+@pytest.mark.parametrize("channels_last", [None, False])
+def test_evaluator_matches_plain_forward(name, shape, share, channels_last):
     torch.manual_seed(0)
     model = build_model(name, shape, 5)
     x, y = torch.randn(37, *shape), torch.randint(0, 5, (37,))
     states = client_states(name, shape)
     evaluator = ModelEvaluator(model, x, y, stages=model_stages(model), share_activations=share,
-                               batch_size=16)
+                               batch_size=16, channels_last=channels_last)
+    assert evaluator.channels_last == (name != "mlp" and channels_last is None)
     got = evaluator(states)
     want = plain_scores(model, states, x, y)
     for g, w in zip(got, want):
@@ -80,3 +82,14 @@ def test_evaluator_restores_training_mode():
     ev = ModelEvaluator(model, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
     ev([model.state_dict()])
     assert model.training
+
+
+def test_channels_last_hooks_do_not_outlive_a_call():
+    """The evaluator's module may be shared (the offline tools reuse one): no hook may stay."""
+    model = build_model("cnn", (1, 8, 8), 3)
+    ev = ModelEvaluator(model, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
+    assert ev.channels_last
+    ev([model.state_dict()])
+    assert all(not m._forward_hooks for m in model.modules())
+    with torch.no_grad():
+        assert model.conv2(torch.randn(2, model.conv2.in_channels, 4, 4)).is_contiguous()
