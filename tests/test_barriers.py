@@ -268,6 +268,28 @@ def test_layer_distances_hand_computed():
     assert d["model"]["pairwise_l2"] == pytest.approx(5.0)
 
 
+def test_layer_distances_match_a_pairwise_loop():
+    torch.manual_seed(0)
+    states = [{"l.weight": torch.randn(6)} for _ in range(4)]
+    states.append({"l.weight": torch.zeros(6)})  # a zero vector: its cosines are 0 by definition
+    states.append({"l.weight": states[0]["l.weight"].clone()})  # identical to client 0
+    d = layer_distances(states, [1, 2, 3, 4, 5, 6], {"l": ["l.weight"]})["l"]
+    v = [s["l.weight"].double() for s in states]
+
+    def cos(a, b):
+        na, nb = float(a.norm()), float(b.norm())
+        return float(a @ b) / (na * nb) if na and nb else 0.0
+
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    assert d["pairwise_l2"] == pytest.approx(sum(float((v[i] - v[j]).norm()) for i, j in pairs) / 15)
+    assert d["pairwise_cos"] == pytest.approx(sum(cos(v[i], v[j]) for i, j in pairs) / 15)
+    avg = sum(w * x for w, x in zip([1, 2, 3, 4, 5, 6], v)) / 21
+    assert d["cos_to_avg"] == pytest.approx([cos(x, avg) for x in v])
+    assert d["cos_to_avg"][4] == 0.0
+    one = layer_distances(states[:1], [1], {"l": ["l.weight"]})["l"]
+    assert (one["pairwise_l2"], one["pairwise_cos"], one["l2_to_avg"]) == (0.0, 1.0, [0.0])
+
+
 def test_model_distance_combines_layers():
     a = {"x.weight": torch.tensor([1.0]), "y.weight": torch.tensor([0.0])}
     b = {"x.weight": torch.tensor([0.0]), "y.weight": torch.tensor([1.0])}
