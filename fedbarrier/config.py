@@ -144,12 +144,17 @@ class BarrierConfig:
     splits: tuple[str, ...] = _f(("train", "test"), "data the barriers are measured on",
                                  choices=SPLITS)
     families: tuple[str, ...] = _f(FAMILIES, "which barriers to measure", choices=FAMILIES)
-    max_defaults: int = _f(0, "default clients for layer-set barriers (0 = every client)", min=0)
+    # Layer-set barriers cost (number of default clients) x (layers) model evaluations per round;
+    # a cap keeps a round's measurement O(layers) when many clients are sampled. K <= 4 (the
+    # paper's K = 2 included) uses every client.
+    max_defaults: int = _f(4, "default clients for layer-set barriers, drawn per round from the "
+                              "participants (0 = every client)", min=0)
     curve_points: int = _f(11, "alphas on the pairwise interpolation grid", min=2)
     window: int = _f(0, "moving-window size for an extra cumulative order (0 = off)", min=0)
     random_orders: int = _f(0, "seeded random layer orders for cumulative barriers", min=0)
     share_activations: bool = _f(True, "reuse activations of models that share first layers")
     distances: bool = _f(True, "record layer distances")
+    overlap: bool = _f(True, "measure while the clients evaluate (false: block before aggregating)")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ A hook (pfl-research style) has no-op methods that :class:`fedbarrier.instrument
 calls around any Flower strategy:
 
 - ``before_aggregation(models)``: the clients' returned models, *before* the strategy aggregates
-  them; may return numbers that are merged into the round's ``metrics.jsonl`` record.
+  them; may return numbers that are merged into the round's ``metrics.jsonl`` record, or a
+  ``Future`` of them: the work then runs while the clients evaluate the new global model, and
+  the round waits for it before it saves its state and writes its record.
 - ``on_round_end(record)``: the round's complete record (after server-side evaluation).
 
 :class:`BarrierHook` is the barrier instrumentation; :class:`CheckpointHook` saves the clients'
@@ -14,8 +16,10 @@ models; :class:`MetricsRecorder` and :class:`ProgressPrinter` write and show the
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -42,10 +46,13 @@ class ClientModels:
     received: dict[str, torch.Tensor] | None  # the model the server sent this round
 
 
+RoundValues = dict[str, Any]
+
+
 class RoundHook:
     """Base class with no-op methods; subclasses override what they need."""
 
-    def before_aggregation(self, models: ClientModels) -> dict[str, Any] | None:
+    def before_aggregation(self, models: ClientModels) -> RoundValues | Future[RoundValues] | None:
         return None
 
     def on_round_end(self, record: dict[str, Any]) -> None:
@@ -87,6 +94,12 @@ class BarrierHook(RoundHook):
 
     Appends one record per (round, split) to ``barriers.jsonl`` and returns the full barrier of
     each split and metric (e.g. ``barrier_full_test_loss``) for the round's metrics record.
+
+    With ``cfg.overlap`` the measurement runs in a background thread and a ``Future`` is
+    returned: the server is otherwise idle while the clients evaluate, so the round gets longer
+    only by what the measurement takes beyond that phase. Listeners (a strategy that aggregates
+    by the barriers) need the numbers before aggregation, so with listeners it always blocks.
+    The numbers are the same either way: they depend on the models and the sample, not on timing.
     """
 
     def __init__(
@@ -126,9 +139,25 @@ class BarrierHook(RoundHook):
         rng = np.random.default_rng(derive_seed(self.seed, server_round, 7))
         return sorted(int(i) for i in rng.choice(num, size=k, replace=False))
 
-    def before_aggregation(self, models: ClientModels) -> dict[str, Any] | None:
+    def before_aggregation(self, models: ClientModels) -> RoundValues | Future[RoundValues] | None:
         if not self.should_measure(models.server_round) or len(models.states) < 2:
             return None
+        if not self.cfg.overlap or self.listeners:
+            return self.measure(models)
+        future: Future[RoundValues] = Future()
+
+        def work() -> None:
+            try:
+                future.set_result(self.measure(models))
+            except BaseException as exc:  # re-raised in the server's thread by future.result()
+                future.set_exception(exc)
+
+        # A daemon thread: an interrupted run (Ctrl-C) must not wait for a measurement.
+        threading.Thread(target=work, name="fedbarrier-barriers", daemon=True).start()
+        return future
+
+    def measure(self, models: ClientModels) -> RoundValues:
+        """Measure and record one round's barriers; returns the round's summary numbers."""
         ids = models.client_ids
         defaults = self._defaults(models.server_round, len(ids))
         distances = (layer_distances(models.states, models.num_examples, self.groups,

@@ -8,7 +8,9 @@ with Flower's own ``strategy.start(..., evaluate_fn=instrumented.evaluate_fn)``.
   after run;
 - sorts replies by partition id before aggregation, so floating-point sums happen in one order;
 - copies the clients' models out of the replies *before* the inner ``aggregate_train`` (some
-  strategies pop arrays out of the replies) and gives them to each hook's ``before_aggregation``;
+  strategies pop arrays out of the replies) and gives them to each hook's ``before_aggregation``
+  (a hook that returns a ``Future`` works on while the clients evaluate; it is awaited after the
+  global evaluation, before the round's state is saved);
 - counts the bytes of arrays sent and received, times the round, and emits one record per round
   to each hook's ``on_round_end`` from ``evaluate_fn`` (Flower calls it last in every round).
 
@@ -21,6 +23,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -134,6 +137,7 @@ class Instrumented(Strategy):
         self._round_start = time.perf_counter()
         self._received: dict[str, torch.Tensor] | None = None
         self._sent_keys: set[str] | None = None
+        self._pending: list[Future[dict[str, Any]]] = []  # hook work running past aggregation
 
     # -- helpers --------------------------------------------------------------------------------
     def _pid(self, node_id: int) -> int:
@@ -201,7 +205,11 @@ class Instrumented(Strategy):
             received=self._received,
         )
         for hook in self.hooks:
-            self._record.update(hook.before_aggregation(models) or {})
+            values = hook.before_aggregation(models)
+            if isinstance(values, Future):
+                self._pending.append(values)
+            else:
+                self._record.update(values or {})
         arrays, metrics = self.inner.aggregate_train(server_round, usable)
         if metrics is not None:
             self._record.update({k: v for k, v in metrics.items() if k != NUM_EXAMPLES})
@@ -269,6 +277,9 @@ class Instrumented(Strategy):
             values = dict(self.global_evaluate(server_round, arrays))
             record.update(values)
             result = MetricRecord(values)
+        pending, self._pending = self._pending, []
+        for future in pending:  # before the state is saved: a saved round has all its records
+            record.update(future.result() or {})
         record["wall_seconds"] = time.perf_counter() - self._round_start if server_round else 0.0
         if self.save_state is not None and server_round > 0:
             self.save_state(server_round, arrays)

@@ -15,6 +15,7 @@ from fedbarrier.config import load_config
 from fedbarrier.federation import federation, server_sample
 from fedbarrier.layers import layer_groups
 from fedbarrier.simulation import run_experiment
+from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
 TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test"}
@@ -28,11 +29,12 @@ def read(path: Path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+TINY_OVERRIDES = [*TINY, "output.save_client_models=true"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from tests.conftest import TINY
-
-    cfg = load_config(None, TINY + ["output.save_client_models=true"])
+    cfg = load_config(None, TINY_OVERRIDES)
     out = tmp_path_factory.mktemp("runs") / "a"
     run_experiment(cfg, out, progress=False)
     return cfg, out
@@ -135,3 +137,16 @@ def test_offline_barriers_command_measures_the_same_models(tiny_run, capsys):
                               as_json=True)
     assert json.loads(capsys.readouterr().out)["full"] == rec["full"]
     assert len(rec["endpoint"]["loss"]) == 3
+
+
+def test_blocking_measurement_gives_the_same_records(tiny_run, tmp_path):
+    """`barriers.overlap` (measure while the clients evaluate) changes timing, not numbers."""
+    cfg, out = tiny_run
+    assert cfg.barriers.overlap
+    blocking = tmp_path / "blocking"
+    run_experiment(load_config(None, [*TINY_OVERRIDES, "barriers.overlap=false"]), blocking,
+                   progress=False)
+    assert without_timings(read(out / "metrics.jsonl")) == without_timings(
+        read(blocking / "metrics.jsonl"))
+    assert without_timings(read(out / "barriers.jsonl")) == without_timings(
+        read(blocking / "barriers.jsonl"))
