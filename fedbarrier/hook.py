@@ -16,10 +16,9 @@ models; :class:`MetricsRecorder` and :class:`ProgressPrinter` write and show the
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -95,11 +94,13 @@ class BarrierHook(RoundHook):
     Appends one record per (round, split) to ``barriers.jsonl`` and returns the full barrier of
     each split and metric (e.g. ``barrier_full_test_loss``) for the round's metrics record.
 
-    With ``cfg.overlap`` the measurement runs in a background thread and a ``Future`` is
-    returned: the server is otherwise idle while the clients evaluate, so the round gets longer
-    only by what the measurement takes beyond that phase. Listeners (a strategy that aggregates
-    by the barriers) need the numbers before aggregation, so with listeners it always blocks.
-    The numbers are the same either way: they depend on the models and the sample, not on timing.
+    Measurements run on ``executor`` (the server's compute thread, see
+    ``fedbarrier.server_app``) or, without one, in the caller's thread. With ``cfg.overlap`` a
+    ``Future`` is returned: the server is otherwise idle while the clients evaluate, so the
+    round gets longer only by what the measurement takes beyond that phase. Listeners (a
+    strategy that aggregates by the barriers) need the numbers before aggregation, so with
+    listeners it always blocks. The numbers are the same either way: they depend on the models
+    and the sample, not on timing.
     """
 
     def __init__(
@@ -115,8 +116,10 @@ class BarrierHook(RoundHook):
         seed: int,
         device: torch.device,
         batch_size: int = 1000,
+        executor: Executor | None = None,
     ) -> None:
         self.cfg = cfg
+        self.executor = executor  # where measurements run (None: in the caller's thread)
         self.model = model
         self.groups = groups
         self.stages = list(stages)
@@ -142,18 +145,11 @@ class BarrierHook(RoundHook):
     def before_aggregation(self, models: ClientModels) -> RoundValues | Future[RoundValues] | None:
         if not self.should_measure(models.server_round) or len(models.states) < 2:
             return None
-        if not self.cfg.overlap or self.listeners:
+        if self.executor is None:
             return self.measure(models)
-        future: Future[RoundValues] = Future()
-
-        def work() -> None:
-            try:
-                future.set_result(self.measure(models))
-            except BaseException as exc:  # re-raised in the server's thread by future.result()
-                future.set_exception(exc)
-
-        # A daemon thread: an interrupted run (Ctrl-C) must not wait for a measurement.
-        threading.Thread(target=work, name="fedbarrier-barriers", daemon=True).start()
+        future = self.executor.submit(self.measure, models)
+        if not self.cfg.overlap or self.listeners:
+            return future.result()
         return future
 
     def measure(self, models: ClientModels) -> RoundValues:

@@ -8,7 +8,9 @@ module-level ``app`` reads the config path and output folder from the run config
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -44,7 +46,28 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0) ->
 
 def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool = True,
                completed_rounds: int = 0) -> None:
-    """Run rounds ``completed_rounds + 1 .. train.rounds`` (resuming from saved state if > 0)."""
+    """Run rounds ``completed_rounds + 1 .. train.rounds`` (resuming from saved state if > 0).
+
+    The server's heavy torch work (barrier measurement, global evaluation) runs on one compute
+    thread with all of torch's threads, and Flower's server thread runs torch single-threaded
+    (its own torch work, reply checks, is light). OpenMP builds one thread team per thread that
+    runs parallel ops; two teams on few cores make each other's small ops wait (the hook's ops
+    ran ~3x slower on 2 cores when both threads ran parallel ops, measured).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    compute = ThreadPoolExecutor(1, thread_name_prefix="fedbarrier-compute",
+                                 initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        _run_server(grid, cfg, run_dir, progress=progress, completed_rounds=completed_rounds,
+                    compute=compute)
+    finally:
+        compute.shutdown(wait=False, cancel_futures=True)
+        torch.set_num_threads(threads)  # also the default of threads started later
+
+
+def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool,
+                completed_rounds: int, compute: ThreadPoolExecutor) -> None:
     if hasattr(grid, "pull_interval"):
         # Flower's in-memory grid (simulation) sleeps 0.1 s between polls for replies: up to
         # 0.1 s lost per phase, two phases a round. Polling an in-process queue is cheap.
@@ -64,8 +87,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
     def global_evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         model.load_state_dict(arrays.to_torch_state_dict())
         test = fed.splits.test
-        loss, acc = evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
-                             device=device)
+        loss, acc = compute.submit(evaluate, model, test.x, test.y,
+                                   batch_size=cfg.train.eval_batch_size, device=device).result()
         if run_dir is not None and cfg.output.save_client_models and server_round > 0:
             save_state_dict(run_dir.checkpoint_path(server_round, "global"), model.state_dict())
         return {"global_test_loss": loss, "global_test_accuracy": acc}
@@ -77,7 +100,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
             cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
             sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
             run_dir=run_dir, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
-            batch_size=cfg.train.eval_batch_size))
+            batch_size=cfg.train.eval_batch_size, executor=compute))
     if run_dir is not None:
         if cfg.output.save_client_models:
             hooks.append(CheckpointHook(run_dir))

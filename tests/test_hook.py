@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -15,12 +15,18 @@ from fedbarrier.models import build_model
 SHAPE = (1, 8, 8)
 
 
-def make_hook(overlap: bool, sample) -> BarrierHook:
+def make_hook(overlap: bool, sample, executor=None) -> BarrierHook:
     model = build_model("cnn", SHAPE, 4)
     cfg = BarrierConfig(n=0, curve_points=3, overlap=overlap)
     return BarrierHook(cfg, model=model, groups=layer_groups(model, torch.zeros(2, *SHAPE)),
                        stages=model_stages(model), sample=sample, run_dir=None, num_rounds=1,
-                       seed=0, device=torch.device("cpu"))
+                       seed=0, device=torch.device("cpu"), executor=executor)
+
+
+@pytest.fixture
+def compute():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
 
 
 def client_models() -> ClientModels:
@@ -42,28 +48,30 @@ def without_seconds(values):
     return {k: v for k, v in values.items() if not k.startswith("barrier_seconds")}
 
 
-def test_overlap_returns_a_future_of_the_blocking_numbers():
+def test_overlap_returns_a_future_of_the_blocking_numbers(compute):
     models = client_models()
-    blocking = make_hook(False, data).before_aggregation(models)
-    future = make_hook(True, data).before_aggregation(models)
-    assert isinstance(blocking, dict) and isinstance(future, Future)
+    inline = make_hook(True, data).before_aggregation(models)  # no executor: the caller's thread
+    blocking = make_hook(False, data, compute).before_aggregation(models)
+    future = make_hook(True, data, compute).before_aggregation(models)
+    assert isinstance(inline, dict) and isinstance(blocking, dict) and isinstance(future, Future)
     assert without_seconds(future.result(timeout=60)) == without_seconds(blocking)
+    assert without_seconds(inline) == without_seconds(blocking)
     assert {"barrier_full_train_loss", "barrier_full_test_error"} <= set(blocking)
 
 
-def test_listeners_make_the_hook_block():
+def test_listeners_make_the_hook_block(compute):
     """A barrier-aware strategy needs the numbers before it aggregates."""
-    hook = make_hook(True, data)
+    hook = make_hook(True, data, compute)
     seen = []
     hook.listeners.append(seen.append)
     assert isinstance(hook.before_aggregation(client_models()), dict)
     assert [r["split"] for r in seen] == ["train", "test"]
 
 
-def test_a_failed_background_measurement_is_raised_by_its_future():
+def test_a_failed_background_measurement_is_raised_by_its_future(compute):
     def broken(split, ids):
         raise RuntimeError(f"no {split} data")
 
-    future = make_hook(True, broken).before_aggregation(client_models())
+    future = make_hook(True, broken, compute).before_aggregation(client_models())
     with pytest.raises(RuntimeError, match="no train data"):
         future.result(timeout=60)
