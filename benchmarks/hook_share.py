@@ -7,7 +7,7 @@ share the machine's state, which on a noisy machine varies more between runs (he
 the hook's cost. Each setting is one run; its measured rounds cost the same as with `every = 1`.
 Target (issue "Performance and scale"): the default hook settings add <= 25 % to a round.
 
-    python -m benchmarks.hook_share [--rounds 24] [--repeats 1]
+    python -m benchmarks.hook_share [--rounds 48] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from fedbarrier.simulation import off_main_thread
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml"
 
 SETTINGS: list[tuple[str, list[str]]] = [
-    ("default [barriers] settings (n = 500, 4 default clients)", ["barriers.n=500"]),
-    ("the quickstart's settings (n = 300, 4 default clients)", []),
-    ("quickstart, every client a default (max_defaults = 0)", ["barriers.max_defaults=0"]),
-    ("quickstart, blocking (overlap = false)", ["barriers.overlap=false"]),
+    ("default [barriers] settings (n = 300, every client)", []),
+    ("n = 500, every client", ["barriers.n=500"]),
+    ("4 default clients (max_defaults = 4)", ["barriers.max_defaults=4"]),
+    ("blocking (overlap = false)", ["barriers.overlap=false"]),
 ]
 
 
@@ -42,7 +42,7 @@ def split_rounds(times: list[float]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (medians pooled)")
     args = parser.parse_args(argv)
     base = ["output.plots=false", f"train.rounds={args.rounds}", "barriers.every=2"]

@@ -8,3 +8,13 @@ def test_barrier_cost_benchmark_runs_both_modes():
     assert [r["share"] for r in rows] == [False, True]
     assert all(r["evaluations"] == rows[0]["evaluations"] > 0 for r in rows)
     assert all(r["bound_s"] > 0 and r["hook_s"] > 0 for r in rows)
+
+
+def test_hook_share_pairs_measured_with_unmeasured_rounds():
+    from benchmarks.hook_share import split_rounds
+
+    # every = 2 over 8 rounds: 2, 4, 6, 8 measured; from round 3 on: (4, 6, 8) vs (3, 5, 7)
+    times = [9.0, 9.0, 1.0, 2.0, 1.5, 3.0, 1.2, 2.5]
+    assert split_rounds(times) == (2.5, 1.2)
+    # an odd last round is measured too (the hook always measures the last round)
+    assert split_rounds([9.0, 9.0, 1.0, 2.0, 1.0, 2.0, 4.0]) == (2.0, 1.0)
