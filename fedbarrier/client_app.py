@@ -54,12 +54,16 @@ def _initial(cfg: Config, pid: int) -> dict[str, torch.Tensor]:
     return initial_state(cfg, pid if cfg.train.client_init == "own" else None)
 
 
-def load_model(cfg: Config, msg: Message, pid: int,
+def received_state(msg: Message) -> dict[str, torch.Tensor]:
+    """The tensors the server sent with ``msg`` (empty if it sent none)."""
+    return msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else {}
+
+
+def load_model(cfg: Config, msg: Message, received: dict[str, torch.Tensor], pid: int,
                saved: dict[str, dict[str, torch.Tensor]] | None) -> tuple[nn.Module, bool]:
     """The model this client works with, and whether it keeps personal layers."""
     fed = federation(cfg.data, cfg.seed)
     model = _model(cfg.model, fed.input_shape, fed.num_classes)
-    received = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else {}
     personal = SHARED_LAYERS in msg.content[CONFIG]
     own = saved.get(MODEL_STATE) if saved else None
     state = compose_state(received, own or None, _initial(cfg, pid)) if personal else received
@@ -80,7 +84,8 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
     server_round = int(msg.content[CONFIG]["server-round"])
     store = ClientStore(store_root, pid)
     saved = store.load_before(server_round)
-    model, personal = load_model(cfg, msg, pid, saved)
+    received = received_state(msg)  # decoded once: the model and the reference both use it
+    model, personal = load_model(cfg, msg, received, pid, saved)
     data = federation(cfg.data, cfg.seed).client_train(pid)
     t = cfg.train
     buffers = (saved or {}).get(OPTIMIZER_STATE) if t.keep_optimizer_state else None
@@ -94,7 +99,7 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
                   seed=derive_seed(cfg.seed, pid, server_round), device=resolve_device(t.device),
                   momentum_buffers=buffers, steps=int(msg.content[CONFIG].get(LOCAL_STEPS, t.local_steps)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    reference = reference_model(msg, saved) if msg.content[CONFIG].get(DIVERGENCE) else {}
+    reference = reference_model(received, saved) if msg.content[CONFIG].get(DIVERGENCE) else {}
     if personal or t.keep_optimizer_state:
         store.save(server_round, {MODEL_STATE: state if personal else {},
                                   OPTIMIZER_STATE: (stats.momentum or {}) if t.keep_optimizer_state
@@ -106,11 +111,10 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
     return _reply(msg, ArrayRecord(state), metrics, pid)
 
 
-def reference_model(msg: Message, saved: dict[str, dict[str, torch.Tensor]] | None
-                    ) -> dict[str, torch.Tensor]:
+def reference_model(received: dict[str, torch.Tensor],
+                    saved: dict[str, dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
     """Dynamic averaging's reference: the model the server sent now (it sends only whole models
     then), else the one this client kept from the last synchronization."""
-    received = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else {}
     return received or (saved or {}).get(REFERENCE_STATE) or {}
 
 
@@ -124,7 +128,7 @@ def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Pat
     pid = int(context.node_config[PARTITION_ID])
     server_round = int(msg.content[CONFIG]["server-round"])
     saved = ClientStore(store_root, pid).load_before(server_round + 1)  # this round's training
-    model, _ = load_model(cfg, msg, pid, saved)
+    model, _ = load_model(cfg, msg, received_state(msg), pid, saved)
     data = federation(cfg.data, cfg.seed).client_test(pid)
     loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
                          device=resolve_device(cfg.train.device))

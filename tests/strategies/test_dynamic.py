@@ -9,7 +9,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedbarrier.client_app import DIVERGENCE, REFERENCE_STATE, reference_model, squared_distance
+from fedbarrier.client_app import (
+    DIVERGENCE,
+    REFERENCE_STATE,
+    received_state,
+    reference_model,
+    squared_distance,
+)
 from fedbarrier.config import load_config
 from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
@@ -39,8 +45,8 @@ def test_reference_is_the_model_received_whole_else_the_kept_one():
                     dst_node_id=1, message_type=MessageType.TRAIN)
     quiet = Message(content=RecordDict({"arrays": ArrayRecord()}), dst_node_id=1,
                     message_type=MessageType.TRAIN)
-    assert reference_model(whole, kept)["w"].tolist() == [1.0, 1.0]
-    assert reference_model(quiet, kept)["w"].tolist() == [0.0, 0.0]
+    assert reference_model(received_state(whole), kept)["w"].tolist() == [1.0, 1.0]
+    assert reference_model(received_state(quiet), kept)["w"].tolist() == [0.0, 0.0]
 
 
 def sent(messages):
