@@ -84,11 +84,23 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         global_state, strategy_state = run_dir.load_server_state(completed_rounds)
         initial = ArrayRecord(global_state)
 
-    def global_evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
-        model.load_state_dict(arrays.to_torch_state_dict())
+    def evaluate_state(state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """On the compute thread: the global test loss and accuracy of ``state``."""
+        model.load_state_dict(state)
         test = fed.splits.test
-        loss, acc = compute.submit(evaluate, model, test.x, test.y,
-                                   batch_size=cfg.train.eval_batch_size, device=device).result()
+        return evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
+                        device=device)
+
+    # The initial model's evaluation (round 0) runs while the clients start up (Ray workers
+    # import torch and Flower for seconds); round 0 then only collects it.
+    initial_evaluation = (compute.submit(evaluate_state, initial.to_torch_state_dict())
+                          if completed_rounds == 0 else None)
+
+    def global_evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        if server_round == 0 and initial_evaluation is not None:
+            loss, acc = initial_evaluation.result()
+        else:
+            loss, acc = compute.submit(evaluate_state, arrays.to_torch_state_dict()).result()
         if run_dir is not None and cfg.output.save_client_models and server_round > 0:
             save_state_dict(run_dir.checkpoint_path(server_round, "global"), model.state_dict())
         return {"global_test_loss": loss, "global_test_accuracy": acc}
