@@ -18,10 +18,10 @@ from torch import nn
 from fedbarrier.build import initial_state
 from fedbarrier.client_store import ClientStore
 from fedbarrier.config import Config, ModelConfig, load_config
-from fedbarrier.federation import federation
+from fedbarrier.federation import federation, use_shared_data
 from fedbarrier.instrumented import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
 from fedbarrier.models import build_model
-from fedbarrier.task import derive_seed, evaluate, lr_at, resolve_device, train
+from fedbarrier.task import derive_seed, evaluate, keep_freed_memory, lr_at, resolve_device, train
 
 ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
 CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
@@ -161,14 +161,20 @@ def out_from_context(context: Context) -> Path:
 CLIENTS_DIR = "clients"  # the clients' own state folders inside a run directory
 
 
-def make_client_app(cfg: Config | None = None, store_root: Path | None = None) -> ClientApp:
+def make_client_app(cfg: Config | None = None, store_root: Path | None = None,
+                    shared_data: Path | None = None) -> ClientApp:
     """A ClientApp for ``cfg`` whose clients keep their state under ``store_root``.
 
-    Without arguments (``flwr run``) both come from the run config.
+    Without arguments (``flwr run``) both come from the run config. ``shared_data``: a folder
+    where the driver wrote the dataset (:func:`fedbarrier.federation.share_data`), so that
+    clients in other processes map it instead of loading it.
     """
     app = ClientApp()
 
     def resolve(context: Context) -> tuple[Config, Path]:
+        keep_freed_memory()
+        if shared_data is not None:
+            use_shared_data(shared_data)
         if cfg is not None and store_root is not None:
             return cfg, store_root
         return config_from_context(context), out_from_context(context) / CLIENTS_DIR

@@ -16,8 +16,10 @@ server-side validation set (``split = "test"``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ import torch
 from fedbarrier.config import DataConfig
 from fedbarrier.data import DatasetSplits, ImageDataset, SyntheticSpec, load_dataset
 from fedbarrier.errors import UserError
+from fedbarrier.shared_data import read_splits, write_splits
 from fedbarrier.task import derive_seed
 from partitions import PartitionStats, partition_labels, partition_stats, split_train_test
 
@@ -70,11 +73,45 @@ def synthetic_spec(cfg: DataConfig, seed: int) -> SyntheticSpec:
                          seed=seed, noise=cfg.synthetic_noise)
 
 
+_shared_folder: Path | None = None
+
+
+def use_shared_data(folder: Path | None) -> None:
+    """Let this process map the dataset another process wrote to ``folder`` with
+    :func:`share_data` instead of loading it (see :mod:`fedbarrier.shared_data`); None: load.
+
+    Only where the data comes from changes, never what it is: the folder's manifest must name the
+    same dataset, or the process loads it itself.
+    """
+    global _shared_folder
+    _shared_folder = folder
+
+
+def share_data(cfg: DataConfig, seed: int, folder: Path) -> None:
+    """Write this process's copy of the dataset to ``folder`` for :func:`use_shared_data`."""
+    write_splits(federation(cfg, seed).splits, folder, _dataset_key(cfg, seed))
+
+
+def _dataset_key(cfg: DataConfig, seed: int) -> dict[str, Any]:
+    """Everything the loaded (unpartitioned) dataset depends on."""
+    spec = synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
+    return {"dataset": cfg.dataset, "data_dir": cfg.data_dir,
+            "synthetic": asdict(spec) if spec is not None else None}
+
+
+def _load(cfg: DataConfig, seed: int) -> DatasetSplits:
+    if _shared_folder is not None:
+        splits = read_splits(_shared_folder, _dataset_key(cfg, seed))
+        if splits is not None:
+            return splits
+    spec = synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
+    return load_dataset(cfg.dataset, cfg.data_dir or None, download=cfg.download, synthetic=spec)
+
+
 @lru_cache(maxsize=4)
 def federation(cfg: DataConfig, seed: int) -> Federation:
     """Load the dataset and partition it; the same (cfg, seed) gives the same partition anywhere."""
-    spec = synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
-    splits = load_dataset(cfg.dataset, cfg.data_dir or None, download=cfg.download, synthetic=spec)
+    splits = _load(cfg, seed)
     labels = splits.train.y.numpy()
     if cfg.num_clients > len(labels):
         raise UserError(f"data.num_clients = {cfg.num_clients} exceeds the {len(labels)} training "

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from fedbarrier.config import Config, load_config, to_dict, to_toml
 from fedbarrier.errors import UserError
-from fedbarrier.federation import federation
+from fedbarrier.federation import federation, share_data
 from fedbarrier.records import RunDir, environment_info
 
 T = TypeVar("T")
@@ -49,13 +49,13 @@ def preflight(cfg: Config) -> None:
                         "strategy.fraction_evaluate = 0 too")
 
 
-def backend_config(cfg: Config) -> dict[str, Any]:
+def backend_config(cfg: Config, scratch: Path) -> dict[str, Any]:
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if cfg.simulation.ray_address:
         init_args["address"] = cfg.simulation.ray_address
     else:
         # A private temp dir per run: a stale Ray session folder elsewhere cannot hang us.
-        init_args["_temp_dir"] = tempfile.mkdtemp(prefix="fedbarrier-ray-")
+        init_args["_temp_dir"] = str(scratch / "ray")
         init_args["num_cpus"] = max(1, os.cpu_count() or 1)
     return {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus,
@@ -171,6 +171,22 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def scratch_root() -> str:
+    """Where runs keep scratch files: ``/tmp`` where it exists, as Ray itself does, because Ray's
+    socket paths inside must stay under 108 bytes (a macOS ``$TMPDIR`` is too long for them)."""
+    return "/tmp" if os.name == "posix" and os.path.isdir("/tmp") else tempfile.gettempdir()
+
+
+def _share_data(cfg: Config, folder: Path) -> Path | None:
+    """Write the dataset for the workers to map; None (each worker loads it) if it cannot be."""
+    try:
+        share_data(cfg.data, cfg.seed, folder)
+    except OSError as err:  # e.g. a full temp disk: slower start-up, same results
+        logging.getLogger(__name__).warning("clients will load the data themselves (%s)", err)
+        return None
+    return folder
+
+
 def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: bool,
               verbose: bool, client_app: Any) -> None:
     import ray
@@ -179,7 +195,11 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     from fedbarrier.client_app import CLIENTS_DIR, make_client_app
     from fedbarrier.server_app import make_server_app
 
+    # The run's scratch folder: Ray's session files and the dataset shared with the workers.
+    scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=scratch_root(),
+                                          ignore_cleanup_errors=True)
     try:
+        shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
                 warnings.catch_warnings():
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
@@ -188,14 +208,16 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
             run_simulation(
                 server_app=make_server_app(cfg, run_dir, progress=progress,
                                            completed_rounds=completed_rounds),
-                client_app=client_app or make_client_app(cfg, run_dir.path / CLIENTS_DIR),
+                client_app=client_app or make_client_app(cfg, run_dir.path / CLIENTS_DIR,
+                                                         shared_data=shared),
                 num_supernodes=cfg.data.num_clients,
-                backend_config=backend_config(cfg),  # type: ignore[arg-type]
+                backend_config=backend_config(cfg, Path(scratch.name)),  # type: ignore[arg-type]
                 verbose_logging=verbose,
             )
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        scratch.cleanup()  # after Ray has stopped: its workers map the shared files
     if cfg.output.plots:
         from fedbarrier.plots import plot_run
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fedbarrier import simulation
 from fedbarrier.build import initial_model
 from fedbarrier.config import load_config
 from fedbarrier.federation import federation, server_sample
@@ -33,10 +36,22 @@ TINY_OVERRIDES = [*TINY, "output.save_client_models=true"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run_scratch(tmp_path_factory):
+    """The tiny run, with the folder it was given for its scratch files (a short path: Ray's
+    sockets live inside)."""
     cfg = load_config(None, TINY_OVERRIDES)
     out = tmp_path_factory.mktemp("runs") / "a"
-    run_experiment(cfg, out, progress=False)
+    scratch = Path(tempfile.mkdtemp(prefix="fbt-", dir=simulation.scratch_root()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simulation, "scratch_root", lambda: str(scratch))
+        run_experiment(cfg, out, progress=False)
+    yield cfg, out, scratch
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_scratch):
+    cfg, out, _ = tiny_run_scratch
     return cfg, out
 
 
@@ -71,6 +86,12 @@ def test_ray_is_shut_down_after_a_run(tiny_run):
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_a_run_leaves_no_scratch_files(tiny_run_scratch):
+    """Ray's session folder and the dataset shared with the workers go when the run ends."""
+    _, _, scratch = tiny_run_scratch
+    assert list(scratch.iterdir()) == []
 
 
 def test_same_config_and_seed_give_identical_numbers(tiny_run, tmp_path):
