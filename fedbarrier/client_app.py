@@ -21,7 +21,15 @@ from fedbarrier.config import Config, ModelConfig, load_config
 from fedbarrier.federation import federation, use_shared_data
 from fedbarrier.instrumented import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
 from fedbarrier.models import build_model
-from fedbarrier.task import derive_seed, evaluate, keep_freed_memory, lr_at, resolve_device, train
+from fedbarrier.task import (
+    derive_seed,
+    eval_batch_size,
+    evaluate,
+    keep_freed_memory,
+    lr_at,
+    resolve_device,
+    train,
+)
 
 ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
 CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
@@ -130,7 +138,8 @@ def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Pat
     saved = ClientStore(store_root, pid).load_before(server_round + 1)  # this round's training
     model, _ = load_model(cfg, msg, received_state(msg), pid, saved)
     data = federation(cfg.data, cfg.seed).client_test(pid)
-    loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
+    loss, acc = evaluate(model, data.x, data.y,
+                         batch_size=eval_batch_size(cfg.train.eval_batch_size, data.input_shape),
                          device=resolve_device(cfg.train.device))
     metrics = {NUM_EXAMPLES: len(data), "local_test_loss": loss, "local_test_accuracy": acc}
     return _reply(msg, None, metrics, pid)

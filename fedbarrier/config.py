@@ -96,7 +96,9 @@ class TrainConfig:
     warmup: float = _f(0.0, "fraction of the run with a linear warm-up (cosine schedule)",
                        min=0.0, lt=1.0)
     device: str = _f("auto", "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
-    eval_batch_size: int = _f(1000, "batch size for evaluation", min=1)
+    eval_batch_size: int = _f(0, "batch size for evaluation and barrier measurement (0 = auto: "
+                              "~400k input values a batch, e.g. 128 CIFAR or 500 Fashion-MNIST "
+                              "images)", min=0)
 
 
 @dataclass(frozen=True)

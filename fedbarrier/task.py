@@ -30,6 +30,27 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+#: Input values per evaluation batch when ``train.eval_batch_size = 0``: 128 CIFAR images.
+AUTO_EVAL_BATCH_VALUES = 128 * 3 * 32 * 32
+
+
+def eval_batch_size(configured: int, input_shape: tuple[int, ...]) -> int:
+    """The evaluation batch size: ``configured``, or for 0 as many images as hold about
+    :data:`AUTO_EVAL_BATCH_VALUES` input values.
+
+    Why not one big batch: a batch's activations should fit in the CPU's caches. The small CNN
+    evaluated 1,000 CIFAR-sized images ~2x faster in batches of 128 than in one batch, and in a
+    simulation's server process one 1,000-batch took 0.5-1.4 s against 0.2 s in batches of 128
+    (measured, 2 cores). Small images still go in one batch (8x8 digits: 6,144 a batch).
+    """
+    if configured > 0:
+        return configured
+    values = 1
+    for d in input_shape:
+        values *= int(d)
+    return max(1, AUTO_EVAL_BATCH_VALUES // values)
+
+
 @lru_cache(maxsize=1)
 def keep_freed_memory() -> None:
     """Let glibc keep freed blocks of up to 32 MiB for reuse (once per process; Linux only).
