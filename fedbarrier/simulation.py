@@ -171,10 +171,18 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Ray's longest socket path past the scratch root: /fedbarrier-XXXXXXXX/ray/session_<date>_<pid>
+# /sockets/plasma_store; a unix socket path must stay under 108 bytes.
+_RAY_PATH_TAIL = 88
+
+
 def scratch_root() -> str:
-    """Where runs keep scratch files: ``/tmp`` where it exists, as Ray itself does, because Ray's
-    socket paths inside must stay under 108 bytes (a macOS ``$TMPDIR`` is too long for them)."""
-    return "/tmp" if os.name == "posix" and os.path.isdir("/tmp") else tempfile.gettempdir()
+    """Where runs keep scratch files: the temp dir when it is short enough for Ray's sockets
+    inside, else ``/tmp`` (as Ray itself uses; a macOS ``$TMPDIR`` is ~50 characters)."""
+    temp = tempfile.gettempdir()
+    if len(temp.encode()) + _RAY_PATH_TAIL <= 107 or not os.path.isdir("/tmp"):
+        return temp
+    return "/tmp"
 
 
 def _share_data(cfg: Config, folder: Path) -> Path | None:
