@@ -27,7 +27,7 @@ from fedbarrier.build import initial_model
 from fedbarrier.config import Config, load_config
 from fedbarrier.federation import federation
 from fedbarrier.simulation import off_main_thread
-from fedbarrier.task import derive_seed, eval_batch_size, evaluate, lr_at, train
+from fedbarrier.task import derive_seed, evaluate, lr_at, train
 
 WORKLOAD = [
     "data.dataset=synthetic", "data.synthetic_shape=[3, 32, 32]", "data.synthetic_classes=10",
@@ -44,7 +44,6 @@ def plain_loop(cfg: Config) -> list[float]:
     model = initial_model(cfg, fed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     device, t = torch.device("cpu"), cfg.train
-    eval_batch = eval_batch_size(t.eval_batch_size, fed.input_shape)
     times = []
     for r in range(1, t.rounds + 1):
         start = time.perf_counter()
@@ -65,8 +64,8 @@ def plain_loop(cfg: Config) -> list[float]:
         model.load_state_dict(global_state)
         for pid in range(fed.num_clients):
             test = fed.client_test(pid)
-            evaluate(model, test.x, test.y, batch_size=eval_batch, device=device)
-        evaluate(model, fed.splits.test.x, fed.splits.test.y, batch_size=eval_batch,
+            evaluate(model, test.x, test.y, batch_size=t.eval_batch_size, device=device)
+        evaluate(model, fed.splits.test.x, fed.splits.test.y, batch_size=t.eval_batch_size,
                  device=device)
         times.append(time.perf_counter() - start)
     return times

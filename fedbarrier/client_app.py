@@ -23,7 +23,6 @@ from fedbarrier.instrumented import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, S
 from fedbarrier.models import build_model
 from fedbarrier.task import (
     derive_seed,
-    eval_batch_size,
     evaluate,
     keep_freed_memory,
     lr_at,
@@ -138,8 +137,7 @@ def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Pat
     saved = ClientStore(store_root, pid).load_before(server_round + 1)  # this round's training
     model, _ = load_model(cfg, msg, received_state(msg), pid, saved)
     data = federation(cfg.data, cfg.seed).client_test(pid)
-    loss, acc = evaluate(model, data.x, data.y,
-                         batch_size=eval_batch_size(cfg.train.eval_batch_size, data.input_shape),
+    loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
                          device=resolve_device(cfg.train.device))
     metrics = {NUM_EXAMPLES: len(data), "local_test_loss": loss, "local_test_accuracy": acc}
     return _reply(msg, None, metrics, pid)

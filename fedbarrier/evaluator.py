@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fedbarrier.layers import Stage
+from fedbarrier.task import eval_batch_size
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -64,7 +65,7 @@ class ModelEvaluator:
         self._convs = convs if self.channels_last else []
         if self.channels_last and self.x.dim() == 4:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.batch_size = batch_size
+        self.batch_size = eval_batch_size(batch_size, tuple(self.x.shape[1:]))  # 0: auto
         self.stage_calls = 0
         self.forward_calls = 0
 

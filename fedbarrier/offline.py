@@ -22,7 +22,7 @@ from fedbarrier.errors import UserError
 from fedbarrier.federation import federation, server_sample
 from fedbarrier.hook import measure_record
 from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.task import eval_batch_size, resolve_device
+from fedbarrier.task import resolve_device
 
 
 def load_checkpoint(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -102,7 +102,6 @@ def measure_checkpoints(cfg: Config, paths: Sequence[Path], *, split: str = "tes
               **measure_record(cfg.barriers, model, layer_groups(model, x[:2]), model_stages(model),
                                states, _parse_weights(weights, len(states)), x, y, defaults=None,
                                seed=cfg.seed, device=resolve_device(cfg.train.device),
-                               batch_size=eval_batch_size(cfg.train.eval_batch_size,
-                                                          fed.input_shape))}
+                               batch_size=cfg.train.eval_batch_size)}
     print(json.dumps(record) if as_json else format_table(record))
     return record

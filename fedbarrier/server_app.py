@@ -22,7 +22,7 @@ from fedbarrier.hook import BarrierHook, CheckpointHook, MetricsRecorder, Progre
 from fedbarrier.instrumented import CLIENT_RECORD, PARTITION_ID, Instrumented
 from fedbarrier.layers import layer_groups, model_stages
 from fedbarrier.records import RunDir, save_state_dict
-from fedbarrier.task import eval_batch_size, evaluate, resolve_device
+from fedbarrier.task import evaluate, resolve_device
 from strategies import build_strategy
 
 
@@ -74,7 +74,6 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         grid.pull_interval = 0.005
     fed = federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.train.device)
-    eval_batch = eval_batch_size(cfg.train.eval_batch_size, fed.input_shape)
     model = initial_model(cfg, fed)
     example = fed.splits.test.x[:2]
     groups = layer_groups(model, example)
@@ -89,7 +88,8 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         """On the compute thread: the global test loss and accuracy of ``state``."""
         model.load_state_dict(state)
         test = fed.splits.test
-        return evaluate(model, test.x, test.y, batch_size=eval_batch, device=device)
+        return evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
+                        device=device)
 
     # The initial model's evaluation (round 0) runs while the clients start up (Ray workers
     # import torch and Flower for seconds); round 0 then only collects it.
@@ -112,7 +112,7 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
             cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
             sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
             run_dir=run_dir, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
-            batch_size=eval_batch, executor=compute))
+            batch_size=cfg.train.eval_batch_size, executor=compute))
     if run_dir is not None:
         if cfg.output.save_client_models:
             hooks.append(CheckpointHook(run_dir))

@@ -14,6 +14,7 @@ of a Ray cluster), gets ``None``: the caller then loads the dataset itself, as b
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,7 @@ def read_splits(folder: Path, key: dict[str, Any]) -> DatasetSplits | None:
 
 
 def _map(path: Path, shape: list[int], dtype: str) -> torch.Tensor:
-    numel = 1
-    for d in shape:
-        numel *= d
+    numel = math.prod(shape)
     # shared=True maps the file's pages (MAP_SHARED) instead of reading a private copy.
     flat = torch.from_file(str(path), shared=True, size=numel, dtype=getattr(torch, dtype))
     return flat.view(*shape)

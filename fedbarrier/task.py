@@ -45,10 +45,7 @@ def eval_batch_size(configured: int, input_shape: tuple[int, ...]) -> int:
     """
     if configured > 0:
         return configured
-    values = 1
-    for d in input_shape:
-        values *= int(d)
-    return max(1, AUTO_EVAL_BATCH_VALUES // values)
+    return max(1, AUTO_EVAL_BATCH_VALUES // math.prod(input_shape))
 
 
 @lru_cache(maxsize=1)
@@ -162,9 +159,12 @@ def train(
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device: torch.device
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in percent) in eval mode; (nan, nan) on empty data."""
+    """(mean cross-entropy, accuracy in percent) in eval mode; (nan, nan) on empty data.
+
+    ``batch_size = 0``: sized to the input (:func:`eval_batch_size`)."""
     if len(y) == 0:
         return float("nan"), float("nan")
+    batch_size = eval_batch_size(batch_size, tuple(x.shape[1:]))
     was_training = model.training
     model.to(device).eval()
     loss_sum, correct = 0.0, 0

@@ -7,6 +7,7 @@ import torch
 
 from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
+from fedbarrier.evaluator import ModelEvaluator
 from fedbarrier.models import build_model
 from fedbarrier.task import AUTO_EVAL_BATCH_VALUES, eval_batch_size, evaluate
 
@@ -42,3 +43,14 @@ def test_evaluation_does_not_depend_on_the_batch_size() -> None:
                     device=torch.device("cpu"))
     assert auto[1] == one[1]
     assert auto[0] == pytest.approx(one[0], rel=1e-5)
+
+
+def test_both_evaluation_paths_read_zero_as_auto() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn", (3, 32, 32), 10)
+    x, y = torch.randn(300, 3, 32, 32), torch.randint(0, 10, (300,))
+    assert ModelEvaluator(model, x, y, batch_size=0).batch_size == 128
+    assert ModelEvaluator(model, x, y, batch_size=50).batch_size == 50
+    cpu = torch.device("cpu")
+    assert evaluate(model, x, y, batch_size=0, device=cpu) == evaluate(
+        model, x, y, batch_size=128, device=cpu)

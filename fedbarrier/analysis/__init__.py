@@ -29,7 +29,7 @@ from fedbarrier.federation import federation, server_sample
 from fedbarrier.layers import Stage, layer_groups, model_stages
 from fedbarrier.offline import load_checkpoint
 from fedbarrier.records import json_ready  # noqa: F401 (re-exported for the analyses)
-from fedbarrier.task import eval_batch_size, resolve_device
+from fedbarrier.task import resolve_device
 
 StateDict = Mapping[str, torch.Tensor]
 METRICS = ("loss", "error")
@@ -114,9 +114,7 @@ class RunModels:
         """A :class:`fedbarrier.evaluator.ModelEvaluator` on this run's fixed data sample."""
         return ModelEvaluator(self.model, self.x, self.y, stages=self.stages,
                               share_activations=self.cfg.barriers.share_activations,
-                              batch_size=eval_batch_size(self.cfg.train.eval_batch_size,
-                                                         tuple(self.x.shape[1:])),
-                              device=self.device)
+                              batch_size=self.cfg.train.eval_batch_size, device=self.device)
 
     def checkpoint(self, server_round: int, client: int) -> dict[str, torch.Tensor]:
         """Client ``client``'s saved model of ``server_round`` (shapes checked against the config)."""
