@@ -92,9 +92,13 @@ def share_data(cfg: DataConfig, seed: int, folder: Path) -> None:
     write_splits(federation(cfg, seed).splits, folder, _dataset_key(cfg, seed))
 
 
+def _spec(cfg: DataConfig, seed: int) -> SyntheticSpec | None:
+    return synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
+
+
 def _dataset_key(cfg: DataConfig, seed: int) -> dict[str, Any]:
     """Everything the loaded (unpartitioned) dataset depends on."""
-    spec = synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
+    spec = _spec(cfg, seed)
     return {"dataset": cfg.dataset, "data_dir": cfg.data_dir,
             "synthetic": asdict(spec) if spec is not None else None}
 
@@ -104,8 +108,8 @@ def _load(cfg: DataConfig, seed: int) -> DatasetSplits:
         splits = read_splits(_shared_folder, _dataset_key(cfg, seed))
         if splits is not None:
             return splits
-    spec = synthetic_spec(cfg, seed) if cfg.dataset == "synthetic" else None
-    return load_dataset(cfg.dataset, cfg.data_dir or None, download=cfg.download, synthetic=spec)
+    return load_dataset(cfg.dataset, cfg.data_dir or None, download=cfg.download,
+                        synthetic=_spec(cfg, seed))
 
 
 @lru_cache(maxsize=4)
