@@ -1,7 +1,5 @@
 """``python -m fedbarrier`` is the ``fedbarrier`` command."""
 
-import sys
+from fedbarrier.cli import console
 
-from fedbarrier.cli import main
-
-sys.exit(main())
+console()

@@ -21,14 +21,8 @@ from fedbarrier.config import Config, ModelConfig, load_config
 from fedbarrier.federation import federation, use_shared_data
 from fedbarrier.instrumented import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
 from fedbarrier.models import build_model
-from fedbarrier.task import (
-    derive_seed,
-    evaluate,
-    keep_freed_memory,
-    lr_at,
-    resolve_device,
-    train,
-)
+from fedbarrier.process_tuning import freeze_heap_once, keep_freed_memory
+from fedbarrier.task import derive_seed, evaluate, lr_at, resolve_device, train
 
 ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
 CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
@@ -188,7 +182,9 @@ def make_client_app(cfg: Config | None = None, store_root: Path | None = None,
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        return client_train(msg, context, *resolve(context))
+        reply = client_train(msg, context, *resolve(context))
+        freeze_heap_once()  # everything is imported now (torch.optim imports torch._dynamo)
+        return reply
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:

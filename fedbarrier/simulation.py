@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from fedbarrier.config import Config, load_config, to_dict, to_toml
 from fedbarrier.errors import UserError
 from fedbarrier.federation import federation, share_data
+from fedbarrier.process_tuning import frozen_heap
 from fedbarrier.records import RunDir, environment_info
 
 T = TypeVar("T")
@@ -209,7 +210,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     try:
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
-                warnings.catch_warnings():
+                warnings.catch_warnings(), frozen_heap():
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
             # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")

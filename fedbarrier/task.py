@@ -6,12 +6,9 @@ generator, index the tensors, SGD step. Benchmarks compare fedbarrier's rounds a
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -46,26 +43,6 @@ def eval_batch_size(configured: int, input_shape: tuple[int, ...]) -> int:
     if configured > 0:
         return configured
     return max(1, AUTO_EVAL_BATCH_VALUES // math.prod(input_shape))
-
-
-@lru_cache(maxsize=1)
-def keep_freed_memory() -> None:
-    """Let glibc keep freed blocks of up to 32 MiB for reuse (once per process; Linux only).
-
-    Why: glibc serves a block above its mmap threshold (128 KiB at start) with a fresh mapping
-    and unmaps it when freed, so each batch's activations (MiBs) are page-faulted in anew:
-    ~13,000 faults per local epoch of the small CNN, ~10 % of its training time (measured).
-    glibc raises the threshold by itself once such a block is freed, so speed depended on what
-    the process happened to do first (generating a dataset did; mapping a shared one did not).
-    Fixed thresholds make it deterministic. Called in client processes, which fedbarrier owns.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:  # glibc's; musl's is a no-op
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        mallopt(m_mmap_threshold, 32 << 20)  # glibc's upper limit for this threshold
-        mallopt(m_trim_threshold, 64 << 20)  # as glibc sets it when it raises the threshold
 
 
 def derive_seed(*parts: int) -> int:

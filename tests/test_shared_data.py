@@ -83,7 +83,8 @@ def test_keep_freed_memory_stops_page_faults_in_training() -> None:
     script = textwrap.dedent("""
         import resource, sys, torch
         from fedbarrier.models import build_model
-        from fedbarrier.task import keep_freed_memory, train
+        from fedbarrier.process_tuning import keep_freed_memory
+        from fedbarrier.task import train
         if sys.argv[1] == "on":
             keep_freed_memory()
         torch.set_num_threads(1)
