@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedbarrier.config import Config, load_config, to_dict, to_toml
+from fedbarrier.engine_latency import fast_dispatch, stop_autoscaler_monitor
 from fedbarrier.errors import UserError
 from fedbarrier.federation import federation, share_data
 from fedbarrier.process_tuning import frozen_heap
@@ -210,7 +211,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     try:
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
-                warnings.catch_warnings(), frozen_heap():
+                warnings.catch_warnings(), frozen_heap(), fast_dispatch():
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
             # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
@@ -224,7 +225,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
                 verbose_logging=verbose,
             )
     finally:
-        if ray.is_initialized():
+        if ray.is_initialized():  # Flower shuts Ray down itself unless the run failed early
+            stop_autoscaler_monitor()
             ray.shutdown()
         scratch.cleanup()  # after Ray has stopped: its workers map the shared files
     if cfg.output.plots:
