@@ -11,6 +11,8 @@ with Flower's own ``strategy.start(..., evaluate_fn=instrumented.evaluate_fn)``.
   strategies pop arrays out of the replies) and gives them to each hook's ``before_aggregation``
   (a hook that returns a ``Future`` works on while the clients evaluate; it is awaited after the
   global evaluation, before the round's state is saved);
+- starts the server's global evaluation of a round's model in ``configure_evaluate``, so a
+  ``global_evaluate`` that returns a ``Future`` overlaps the clients' evaluation;
 - counts the bytes of arrays sent and received, times the round, and emits one record per round
   to each hook's ``on_round_end`` from ``evaluate_fn`` (Flower calls it last in every round).
 
@@ -109,6 +111,10 @@ def client_spread(replies: list[Message], pid: Callable[[Message], int]) -> dict
     return out
 
 
+#: Evaluates a round's global model on the server: the metrics, or a Future of them.
+GlobalEvaluate = Callable[[int, ArrayRecord], "Mapping[str, float] | Future[Mapping[str, float]]"]
+
+
 class Instrumented(Strategy):
     """A Flower strategy that runs ``inner`` and calls ``hooks`` around it (see module doc)."""
 
@@ -119,7 +125,7 @@ class Instrumented(Strategy):
         *,
         seed: int = 0,
         partition_of: Mapping[int, int] | None = None,
-        global_evaluate: Callable[[int, ArrayRecord], Mapping[str, float]] | None = None,
+        global_evaluate: GlobalEvaluate | None = None,
         min_clients: int = 1,
         completed_rounds: int = 0,
         save_state: Callable[[int, ArrayRecord], None] | None = None,
@@ -138,6 +144,8 @@ class Instrumented(Strategy):
         self._received: dict[str, torch.Tensor] | None = None
         self._sent_keys: set[str] | None = None
         self._pending: list[Future[dict[str, Any]]] = []  # hook work running past aggregation
+        # (round, arrays, metrics or Future): the global evaluation started in configure_evaluate
+        self._global: tuple[int, ArrayRecord, Any] | None = None
 
     # -- helpers --------------------------------------------------------------------------------
     def _pid(self, node_id: int) -> int:
@@ -245,6 +253,10 @@ class Instrumented(Strategy):
         messages = list(self.inner.configure_evaluate(server_round, arrays,
                                                       ConfigRecord(dict(config)), self._grid(grid)))
         self._record["bytes_sent"] = self._record.get("bytes_sent", 0) + array_bytes(messages)
+        if self.global_evaluate is not None:
+            # Flower evaluates these arrays on the server after the clients' evaluation; a
+            # global_evaluate that returns a Future works while the clients evaluate.
+            self._global = (server_round, arrays, self.global_evaluate(server_round, arrays))
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
@@ -274,7 +286,12 @@ class Instrumented(Strategy):
         record = self._record if server_round > 0 else {"round": 0}
         result = None
         if self.global_evaluate is not None:
-            values = dict(self.global_evaluate(server_round, arrays))
+            started, self._global = self._global, None
+            if started is not None and started[0] == server_round and started[1] is arrays:
+                values = started[2]
+            else:
+                values = self.global_evaluate(server_round, arrays)
+            values = dict(values.result() if isinstance(values, Future) else values)
             record.update(values)
             result = MetricRecord(values)
         pending, self._pending = self._pending, []

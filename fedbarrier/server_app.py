@@ -8,7 +8,7 @@ module-level ``app`` reads the config path and output folder from the run config
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -84,26 +84,25 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         global_state, strategy_state = run_dir.load_server_state(completed_rounds)
         initial = ArrayRecord(global_state)
 
-    def evaluate_state(state: dict[str, torch.Tensor]) -> tuple[float, float]:
+    def evaluate_global(server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
         """On the compute thread: the global test loss and accuracy of ``state``."""
         model.load_state_dict(state)
         test = fed.splits.test
-        return evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
-                        device=device)
+        loss, acc = evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
+                             device=device)
+        if run_dir is not None and cfg.output.save_client_models and server_round > 0:
+            save_state_dict(run_dir.checkpoint_path(server_round, "global"), state)
+        return {"global_test_loss": loss, "global_test_accuracy": acc}
 
     # The initial model's evaluation (round 0) runs while the clients start up (Ray workers
     # import torch and Flower for seconds); round 0 then only collects it.
-    initial_evaluation = (compute.submit(evaluate_state, initial.to_torch_state_dict())
+    initial_evaluation = (compute.submit(evaluate_global, 0, initial.to_torch_state_dict())
                           if completed_rounds == 0 else None)
 
-    def global_evaluate(server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+    def global_evaluate(server_round: int, arrays: ArrayRecord) -> Future[dict[str, float]]:
         if server_round == 0 and initial_evaluation is not None:
-            loss, acc = initial_evaluation.result()
-        else:
-            loss, acc = compute.submit(evaluate_state, arrays.to_torch_state_dict()).result()
-        if run_dir is not None and cfg.output.save_client_models and server_round > 0:
-            save_state_dict(run_dir.checkpoint_path(server_round, "global"), model.state_dict())
-        return {"global_test_loss": loss, "global_test_accuracy": acc}
+            return initial_evaluation
+        return compute.submit(evaluate_global, server_round, arrays.to_torch_state_dict())
 
     hooks: list[RoundHook] = []
     if cfg.barriers.enabled:
