@@ -143,7 +143,7 @@ class BarrierConfig:
     enabled: bool = _f(True, "measure barriers before each aggregation")
     every: int = _f(1, "measure every N rounds (and always in the last round)", min=1)
     # Barriers are differences of losses on one shared sample, so its noise largely cancels;
-    # 300 keeps a 10-client measurement within a quarter of a quickstart round.
+    # with 300, a 10-client quickstart measurement takes ~0.06 s per split (docs/performance.md).
     n: int = _f(300, "examples in the fixed data sample per split (0 = all)", min=0)
     splits: tuple[str, ...] = _f(("train", "test"), "data the barriers are measured on",
                                  choices=SPLITS)
