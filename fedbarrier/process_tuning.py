@@ -57,9 +57,13 @@ def freeze_heap_once() -> None:
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """:func:`freeze_heap` for the duration of a run, then give the objects back to the collector
-    (a notebook that runs an experiment keeps its usual garbage collection afterwards)."""
+    (a notebook that runs an experiment keeps its usual garbage collection afterwards). A caller
+    that had frozen objects itself keeps them frozen: ``gc.unfreeze`` cannot tell its objects
+    from ours, so then nothing is unfrozen."""
+    frozen_before = gc.get_freeze_count() > 0
     freeze_heap()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()

@@ -17,6 +17,18 @@ def test_frozen_heap_gives_objects_back_to_the_collector() -> None:
     assert gc.get_freeze_count() == 0
 
 
+def test_frozen_heap_keeps_what_the_caller_had_frozen() -> None:
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() >= before > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_freeze_heap_once_freezes_only_the_first_time() -> None:
     script = textwrap.dedent("""
         import gc
