@@ -71,8 +71,9 @@ class ModelEvaluator:
 
     def __call__(self, states: Sequence[StateDict]) -> list[dict[str, float]]:
         variants = self._to_device(states)
-        loss_sum = [0.0] * len(variants)
-        correct = [0] * len(variants)
+        # (members, summed loss, hits) per leaf, kept on the device and read back once at the end:
+        # reading each leaf's numbers (float(), int()) would stall a GPU after every variant.
+        leaves: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
         was_training = self.model.training
         self.model.eval()
         # Conv outputs become channels-last, so the layers after them (ReLU, pooling, the next
@@ -85,16 +86,25 @@ class ModelEvaluator:
                     xb = self.x[start:start + self.batch_size]
                     yb = self.y[start:start + self.batch_size]
                     if self.share_activations:
-                        self._shared(variants, xb, yb, loss_sum, correct)
+                        self._shared(variants, xb, yb, leaves)
                     else:
                         for i, variant in enumerate(variants):
                             logits = functional_call(self.model, variant, (xb,))
                             self.forward_calls += 1
-                            self._accumulate(logits, yb, [i], loss_sum, correct)
+                            leaves.append(([i], *_loss_and_hits(logits, yb)))
         finally:
             for handle in handles:
                 handle.remove()
             self.model.train(was_training)
+        loss_sum = [0.0] * len(variants)
+        correct = [0.0] * len(variants)
+        if leaves:
+            losses = torch.stack([leaf[1] for leaf in leaves]).tolist()
+            hits = torch.stack([leaf[2] for leaf in leaves]).tolist()
+            for (members, _, _), loss, hit in zip(leaves, losses, hits):
+                for i in members:
+                    loss_sum[i] += loss
+                    correct[i] += hit
         n = len(self.y)
         return [{"loss": loss_sum[i] / n, "error": 100.0 - 100.0 * correct[i] / n}
                 for i in range(len(variants))]
@@ -115,14 +125,15 @@ class ModelEvaluator:
         return out
 
     def _shared(self, variants: list[dict[str, torch.Tensor]], xb: torch.Tensor,
-                yb: torch.Tensor, loss_sum: list[float], correct: list[int]) -> None:
+                yb: torch.Tensor, leaves: list[tuple[list[int], torch.Tensor, torch.Tensor]]
+                ) -> None:
         # Depth-first over the prefix tree: only one activation per depth is alive at a time.
         signatures = [[tuple(id(v[k]) for k in stage.keys) for stage in self.stages]
                       for v in variants]
 
         def visit(depth: int, members: list[int], act: torch.Tensor) -> None:
             if depth == len(self.stages):
-                self._accumulate(act, yb, members, loss_sum, correct)
+                leaves.append((members, *_loss_and_hits(act, yb)))
                 return
             groups: dict[tuple[int, ...], list[int]] = {}
             for i in members:
@@ -134,14 +145,12 @@ class ModelEvaluator:
 
         visit(0, list(range(len(variants))), xb)
 
-    @staticmethod
-    def _accumulate(logits: torch.Tensor, yb: torch.Tensor, members: list[int],
-                    loss_sum: list[float], correct: list[int]) -> None:
-        loss = float(F.cross_entropy(logits.float(), yb, reduction="sum"))
-        hits = int((logits.argmax(dim=1) == yb).sum())
-        for i in members:
-            loss_sum[i] += loss
-            correct[i] += hits
+def _loss_and_hits(logits: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number of correct predictions of a batch, as float64 tensors on
+    the batch's device (summed over batches and leaves in float64, as Python floats were)."""
+    loss = F.cross_entropy(logits.float(), yb, reduction="sum").double()
+    hits = (logits.argmax(dim=1) == yb).sum().double()
+    return loss, hits
 
 
 def _channels_last_output(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
