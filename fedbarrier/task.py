@@ -94,6 +94,12 @@ def train(
     returned stats carry the buffers at the end. ``steps > 0`` runs exactly that many SGD steps
     instead of ``epochs`` (passes over freshly shuffled data, the last one cut short).
     """
+    if device.type == "cuda":
+        # cuDNN otherwise may pick convolution backward algorithms that add in a varying order
+        # (the same seed gave losses differing in the 8th digit on an H100); same config, same
+        # numbers is a promise. Measured cost: docs/performance.md, GPU.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     n = len(y)
