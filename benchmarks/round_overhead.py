@@ -38,12 +38,12 @@ WORKLOAD = [
 ]
 
 
-def plain_loop(cfg: Config) -> list[float]:
+def plain_loop(cfg: Config, device: torch.device | str = "cpu") -> list[float]:
     """Seconds per round of the same federated computation without Flower or Ray."""
     fed = federation(cfg.data, cfg.seed)
     model = initial_model(cfg, fed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    device, t = torch.device("cpu"), cfg.train
+    device, t = torch.device(device), cfg.train
     times = []
     for r in range(1, t.rounds + 1):
         start = time.perf_counter()
@@ -67,6 +67,8 @@ def plain_loop(cfg: Config) -> list[float]:
             evaluate(model, test.x, test.y, batch_size=t.eval_batch_size, device=device)
         evaluate(model, fed.splits.test.x, fed.splits.test.y, batch_size=t.eval_batch_size,
                  device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
