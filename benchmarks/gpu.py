@@ -2,14 +2,15 @@
 
 Workload: round_overhead's (10 clients x 500 generated CIFAR-shaped examples, 1 local epoch, the
 quickstart's evaluation), with the device chosen automatically (`train.device = "auto"`) and every
-client sharing the one GPU (`simulation.num_gpus`, default 0.1: all ten train at once). The server
+client sharing the one GPU (`simulation.num_gpus = "auto"`: all ten train at once on a machine
+with ten cores or more). The server
 evaluates and measures barriers on the same GPU. For each model it reports the steady-state
 rounds per second with barriers off and with the default `[barriers]` settings, the same with
 barriers off for other GPU shares (0.25: four clients at once; 1: one at a time), the whole run,
 the peak GPU memory in use by all processes together (sampled every 20 ms; the card's total is
 the out-of-memory limit), and a plain single-process loop doing the same SGD steps on the GPU.
 
-    python -m benchmarks.gpu [--models cnn,resnet18] [--rounds 8] [--num-gpus 0.1,0.25,1]
+    python -m benchmarks.gpu [--models cnn,resnet18] [--rounds 8] [--num-gpus auto,0.25,1]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class PeakGPUMemory:
         self._thread.join()
 
 
-def bench(model: str, rounds: int, shares: list[float]) -> list[dict[str, float | str]]:
+def bench(model: str, rounds: int, shares: list[str]) -> list[dict[str, float | str]]:
     """Rows for one model: the first GPU share with barriers off and on, the others off."""
     base = WORKLOAD + [f"model.name={model}", f"train.rounds={rounds}", "train.device=auto"]
     off_main_thread(lambda: federation(load_config(None, base).data, 0))  # not part of any timing
@@ -70,12 +71,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cnn,resnet18")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--num-gpus", default="0.1,0.25,1",
+    parser.add_argument("--num-gpus", default="auto,0.25,1",
                         help="GPU shares per client to compare (barriers on for the first only)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu: no CUDA device visible to torch; nothing to measure")
-    shares = [float(s) for s in args.num_gpus.split(",")]
+    shares = args.num_gpus.split(",")
     rows = [row for m in args.models.split(",") for row in bench(m, args.rounds, shares)]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; 10 clients x 500 "
           f"examples, {args.rounds} rounds, medians from round 3; plain loop = one process, "

@@ -134,7 +134,10 @@ class StrategyConfig:
 @dataclass(frozen=True)
 class SimulationConfig:
     num_cpus: float = _f(1.0, "CPU cores per simulated client (Ray resources)", gt=0)
-    num_gpus: float = _f(0.0, "GPU share per client (e.g. 0.25: four clients per GPU)", min=0.0)
+    num_gpus: float | str = _f("auto", "GPU share per client (e.g. 0.25: four clients per GPU; "
+                               "'auto': the clients that train at once share this machine's "
+                               "GPUs when train.device is not cpu, else 0)", min=0.0,
+                               words=("auto",))
     ray_address: str = _f("", "join an existing Ray cluster ('auto' or host:port; '' = start one)")
 
 
@@ -210,6 +213,13 @@ def _check_value(owner: type, key: str, value: Any, f: dataclasses.Field) -> Any
 
 
 def _check_scalar(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    if "words" in meta:  # a number, or one of a few words (num_gpus = "auto")
+        if isinstance(value, str):
+            if value not in meta["words"]:
+                raise UserError(f"{key} = {value!r} is not allowed; use a number or "
+                                f"{' or '.join(repr(w) for w in meta['words'])}")
+            return value
+        tp = next(t for t in typing.get_args(tp) if t is not str)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \

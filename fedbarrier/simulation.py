@@ -7,6 +7,7 @@ the run directory is touched and before Ray starts, so a bad config costs nothin
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -51,6 +52,36 @@ def preflight(cfg: Config) -> None:
                         "strategy.fraction_evaluate = 0 too")
 
 
+# What one client process needs on a GPU for `num_gpus = "auto"`: its CUDA context and a small
+# model's training took ~0.9 GiB each on an H100 (docs/performance.md, GPU); twice that for headroom.
+GPU_MEMORY_PER_CLIENT = 2 * 2**30
+
+
+def local_gpu_memory() -> list[int]:
+    """Total memory of each CUDA device this process sees (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory
+            for i in range(torch.cuda.device_count())]
+
+
+def client_gpu_share(cfg: Config, gpu_memory: list[int], cpus: int) -> float:
+    """Ray's ``num_gpus`` per client: the configured share, or for ``"auto"`` the share that
+    lets every client that can train at once (one per ``num_cpus`` cores) use a GPU, at most
+    one client per GPU_MEMORY_PER_CLIENT of the smallest GPU's memory."""
+    share = cfg.simulation.num_gpus
+    if share != "auto":
+        return float(share)
+    if cfg.train.device == "cpu" or not gpu_memory:
+        return 0.0
+    at_once = min(cfg.data.num_clients, max(1, int(cpus // cfg.simulation.num_cpus)))
+    per_gpu = min(math.ceil(at_once / len(gpu_memory)),
+                  max(1, min(gpu_memory) // GPU_MEMORY_PER_CLIENT))
+    return math.floor(1e4 / per_gpu) / 1e4  # Ray resolves shares to 4 decimals
+
+
 def backend_config(cfg: Config, scratch: Path) -> dict[str, Any]:
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if cfg.simulation.ray_address:
@@ -61,7 +92,8 @@ def backend_config(cfg: Config, scratch: Path) -> dict[str, Any]:
         init_args["num_cpus"] = max(1, os.cpu_count() or 1)
     return {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus,
-                             "num_gpus": cfg.simulation.num_gpus},
+                             "num_gpus": client_gpu_share(cfg, local_gpu_memory(),
+                                                          os.cpu_count() or 1)},
         "init_args": init_args,
     }
 
@@ -110,7 +142,10 @@ def prepare_run(cfg: Config, out: str | Path, *, force: bool = False) -> RunDir:
         preflight(cfg)
         run_dir = RunDir.create(out, force=force)
         run_dir.write_text("config.toml", to_toml(cfg))
-        run_dir.write_json("run.json", environment_info())
+        gpus = local_gpu_memory()
+        run_dir.write_json("run.json", {
+            **environment_info(), "gpus": len(gpus),
+            "client_num_gpus": client_gpu_share(cfg, gpus, os.cpu_count() or 1)})
         run_dir.write_json("partition.json", federation(cfg.data, cfg.seed).stats().to_dict())
         return run_dir
 

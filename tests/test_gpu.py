@@ -4,6 +4,7 @@ sharing one GPU in a real simulation. Skipped where torch sees no CUDA device (C
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from fedbarrier.config import load_config
 from fedbarrier.evaluator import ModelEvaluator
 from fedbarrier.layers import model_stages
 from fedbarrier.models import build_model
-from fedbarrier.simulation import run_experiment
+from fedbarrier.simulation import client_gpu_share, local_gpu_memory, run_experiment
 from fedbarrier.task import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -70,13 +71,17 @@ def test_training_on_gpu_follows_the_cpu():
 
 @pytest.mark.slow
 def test_clients_share_one_gpu(tmp_path, tiny_overrides):
-    """Four clients with a quarter of the GPU each train on it at once; barriers are measured."""
+    """By default (num_gpus = "auto") the clients that train at once share the GPU: here four,
+    on a machine with at least four cores, each with a quarter of it; barriers are measured."""
     cfg = load_config(None, [*tiny_overrides, "data.synthetic_shape=[3, 16, 16]",
-                             "data.num_clients=4", "data.min_partition_size=10",
-                             "simulation.num_gpus=0.25", "train.device=auto"])
+                             "data.num_clients=4", "data.min_partition_size=10"])
+    assert (cfg.simulation.num_gpus, cfg.train.device) == ("auto", "auto")
     torch.cuda.init()
     with PeakGPUMemory() as mem:
         run_experiment(cfg, tmp_path / "run", progress=False)
+    run_info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_info["client_num_gpus"] == client_gpu_share(cfg, local_gpu_memory(),
+                                                           os.cpu_count() or 1) > 0
     records = [json.loads(line) for line in (tmp_path / "run" / "barriers.jsonl").open()]
     assert [r["round"] for r in records if r["split"] == "test"] == [1, 2]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]

@@ -1,0 +1,54 @@
+"""Ray resources per client: the GPU share that `simulation.num_gpus = "auto"` resolves to."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedbarrier.config import load_config
+from fedbarrier.errors import UserError
+from fedbarrier.simulation import GPU_MEMORY_PER_CLIENT, backend_config, client_gpu_share
+
+GIB = 2**30
+
+
+def share(*overrides, gpus=(80 * GIB,), cpus=16):
+    return client_gpu_share(load_config(None, list(overrides)), list(gpus), cpus)
+
+
+def test_auto_is_the_default_and_gives_no_gpu_without_one():
+    assert load_config(None, []).simulation.num_gpus == "auto"
+    assert share(gpus=()) == 0.0
+    assert share("train.device=cpu") == 0.0
+
+
+def test_auto_lets_every_client_that_trains_at_once_use_the_gpu():
+    assert share("data.num_clients=10") == 0.1  # 16 cores: all 10 at once
+    assert share("data.num_clients=100") == 0.0625  # 16 at once
+    assert share("data.num_clients=100", "simulation.num_cpus=4") == 0.25  # 4 at once
+    assert share("data.num_clients=3") == 0.3333  # Ray's 4 decimals, rounded down
+    assert share("data.num_clients=1") == 1.0
+    # two GPUs: half the clients on each
+    assert share("data.num_clients=10", gpus=(80 * GIB, 80 * GIB)) == 0.2
+
+
+def test_auto_caps_clients_per_gpu_by_its_memory():
+    assert GPU_MEMORY_PER_CLIENT == 2 * GIB
+    assert share("data.num_clients=10", gpus=(8 * GIB,)) == 0.25  # at most 4 per 8 GiB
+    assert share("data.num_clients=10", gpus=(1 * GIB,)) == 1.0  # one at a time, never zero
+
+
+def test_an_explicit_share_is_used_as_given():
+    assert share("simulation.num_gpus=0.5") == 0.5
+    assert share("simulation.num_gpus=0", gpus=(80 * GIB,)) == 0.0
+
+
+def test_backend_config_on_this_machine(tmp_path):
+    cfg = load_config(None, ["simulation.num_gpus=0.25"])
+    assert backend_config(cfg, tmp_path)["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.25}
+
+
+@pytest.mark.parametrize("value, message", [("half", "use a number or 'auto'"),
+                                            ("-0.5", "must be >= 0.0")])
+def test_bad_shares_are_refused(value, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [f"simulation.num_gpus={value}"])
