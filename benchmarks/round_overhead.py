@@ -34,6 +34,7 @@ WORKLOAD = [
     "data.synthetic_train_size=6250", "data.synthetic_test_size=1000", "data.synthetic_noise=4.0",
     "data.partition=iid", "data.num_clients=10", "data.test_fraction=0.2",  # 500 train each
     "model.name=cnn", "train.local_epochs=1", "train.batch_size=32", "barriers.enabled=false",
+    "train.device=cpu",  # the CPU figures; benchmarks.gpu sets auto
     "output.plots=false",
 ]
 
