@@ -16,17 +16,9 @@ from fedbarrier.layers import model_stages
 from fedbarrier.models import build_model
 from fedbarrier.simulation import client_gpu_share, local_gpu_memory, run_experiment
 from fedbarrier.task import train
+from tests.test_evaluator import client_states
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def client_states(name, shape, k=3):
-    states = []
-    for seed in range(k):
-        torch.manual_seed(seed)
-        states.append({n: t.detach().clone()
-                       for n, t in build_model(name, shape, 5).state_dict().items()})
-    return states
 
 
 @pytest.mark.parametrize("name, shape", [("cnn", (3, 16, 16)), ("resnet18", (3, 16, 16))])
