@@ -7,6 +7,7 @@ for ``flwr run .`` (see ``[tool.flwr.app.config]`` in pyproject.toml).
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +40,17 @@ LOCAL_STEPS = "local-steps"  # train config: SGD steps this round, overriding tr
 def _model(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """One module per process; every message loads its weights into it."""
     return build_model(cfg.name, shape, num_classes, width=cfg.width or None)
+
+
+def client_device_spec(spec: str, in_ray_worker: bool) -> str:
+    """The device a client uses for ``train.device = spec``. Ray shows a simulated client only the
+    GPU it assigned, numbered cuda:0, so there an index (cuda:N) names the server's GPU."""
+    return "cuda" if in_ray_worker and spec.startswith("cuda:") else spec
+
+
+def client_device(spec: str) -> torch.device:
+    ray = sys.modules.get("ray")  # imported in simulation only; never import it here
+    return resolve_device(client_device_spec(spec, ray is not None and ray.is_initialized()))
 
 
 def compose_state(received: dict[str, torch.Tensor], own: dict[str, torch.Tensor] | None,
@@ -97,7 +109,7 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
 
     stats = train(model, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=lr,
                   momentum=t.momentum, weight_decay=t.weight_decay,
-                  seed=derive_seed(cfg.seed, pid, server_round), device=resolve_device(t.device),
+                  seed=derive_seed(cfg.seed, pid, server_round), device=client_device(t.device),
                   momentum_buffers=buffers, steps=int(msg.content[CONFIG].get(LOCAL_STEPS, t.local_steps)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reference = reference_model(received, saved) if msg.content[CONFIG].get(DIVERGENCE) else {}
@@ -132,7 +144,7 @@ def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Pat
     model, _ = load_model(cfg, msg, received_state(msg), pid, saved)
     data = federation(cfg.data, cfg.seed).client_test(pid)
     loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
-                         device=resolve_device(cfg.train.device))
+                         device=client_device(cfg.train.device))
     metrics = {NUM_EXAMPLES: len(data), "local_test_loss": loss, "local_test_accuracy": acc}
     return _reply(msg, None, metrics, pid)
 

@@ -220,6 +220,9 @@ def _check_scalar(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any
                                 f"{' or '.join(repr(w) for w in meta['words'])}")
             return value
         tp = next(t for t in typing.get_args(tp) if t is not str)
+        words = " or ".join(repr(w) for w in meta["words"])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key} = {value!r} must be a number or {words}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
@@ -270,6 +273,10 @@ def _cross_checks(cfg: Config) -> None:
             and d.classes_per_client > d.synthetic_classes:
         raise UserError(f"data.classes_per_client = {d.classes_per_client} exceeds "
                         f"data.synthetic_classes = {d.synthetic_classes}")
+    gpus = cfg.simulation.num_gpus
+    if isinstance(gpus, float) and gpus > 1 and not gpus.is_integer():
+        raise UserError(f"simulation.num_gpus = {gpus} is not allowed; a share above 1 must be "
+                        "a whole number of GPUs (Ray's rule)")
     if any(s < 1 for s in d.synthetic_shape):
         raise UserError(f"data.synthetic_shape = {d.synthetic_shape} must be positive")
     if cfg.strategy.name == "barrier-aware" and not cfg.barriers.enabled:

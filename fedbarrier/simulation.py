@@ -70,13 +70,16 @@ def local_gpu_memory() -> list[int]:
 def client_gpu_share(cfg: Config, gpu_memory: list[int], cpus: int) -> float:
     """Ray's ``num_gpus`` per client: the configured share, or for ``"auto"`` the share that
     lets every client that can train at once (one per ``num_cpus`` cores) use a GPU, at most
-    one client per GPU_MEMORY_PER_CLIENT of the smallest GPU's memory."""
+    one client per GPU_MEMORY_PER_CLIENT of the smallest GPU's memory. The cap is a rule of
+    thumb for small models; large models or batches should set ``num_gpus`` explicitly."""
     share = cfg.simulation.num_gpus
     if share != "auto":
         return float(share)
     if cfg.train.device == "cpu" or not gpu_memory:
         return 0.0
-    at_once = min(cfg.data.num_clients, max(1, int(cpus // cfg.simulation.num_cpus)))
+    # in Ray's units of 1e-4, as Ray counts them (0.1-core clients: 2 // 0.1 is 19.0 in floats)
+    at_once = min(cfg.data.num_clients,
+                  max(1, round(cpus * 1e4) // round(cfg.simulation.num_cpus * 1e4)))
     per_gpu = min(math.ceil(at_once / len(gpu_memory)),
                   max(1, min(gpu_memory) // GPU_MEMORY_PER_CLIENT))
     return math.floor(1e4 / per_gpu) / 1e4  # Ray resolves shares to 4 decimals

@@ -97,7 +97,8 @@ def train(
     if device.type == "cuda":
         # cuDNN otherwise may pick convolution backward algorithms that add in a varying order
         # (the same seed gave losses differing in the 8th digit on an H100); same config, same
-        # numbers is a promise. Measured cost: docs/performance.md, GPU.
+        # numbers is a promise. Measured cost: docs/performance.md, GPU. (The flags are
+        # process-wide: a user's cudnn.benchmark = True is switched off here.)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     model.to(device).train()

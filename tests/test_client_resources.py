@@ -29,6 +29,8 @@ def test_auto_lets_every_client_that_trains_at_once_use_the_gpu():
     assert share("data.num_clients=1") == 1.0
     # two GPUs: half the clients on each
     assert share("data.num_clients=10", gpus=(80 * GIB, 80 * GIB)) == 0.2
+    # fractional cores counted as Ray counts them: 2 cores hold 20 clients of 0.1 (not 19)
+    assert share("data.num_clients=30", "simulation.num_cpus=0.1", cpus=2) == 0.05
 
 
 def test_auto_caps_clients_per_gpu_by_its_memory():
@@ -48,7 +50,20 @@ def test_backend_config_on_this_machine(tmp_path):
 
 
 @pytest.mark.parametrize("value, message", [("half", "use a number or 'auto'"),
-                                            ("-0.5", "must be >= 0.0")])
+                                            ("true", "must be a number or 'auto'"),
+                                            ("[1]", "must be a number or 'auto'"),
+                                            ("-0.5", "must be >= 0.0"),
+                                            ("1.5", "a whole number of GPUs")])
 def test_bad_shares_are_refused(value, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [f"simulation.num_gpus={value}"])
+
+
+def test_simulated_clients_use_the_gpu_ray_assigned():
+    from fedbarrier.client_app import client_device_spec
+
+    # Ray renumbers a client's assigned GPU as cuda:0; outside Ray (a SuperNode) cuda:N stands
+    assert client_device_spec("cuda:1", in_ray_worker=True) == "cuda"
+    assert client_device_spec("cuda:1", in_ray_worker=False) == "cuda:1"
+    assert client_device_spec("auto", in_ray_worker=True) == "auto"
+    assert client_device_spec("cpu", in_ray_worker=True) == "cpu"
