@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
+import tempfile
 import threading
 import time
 
@@ -22,7 +24,7 @@ from fedbarrier.engine_latency import (
     stop_autoscaler_monitor,
     supported,
 )
-from fedbarrier.simulation import run_experiment
+from fedbarrier.simulation import run_experiment, scratch_root
 from tests.conftest import TINY
 
 
@@ -114,7 +116,10 @@ def test_autoscaler_monitor_of_a_local_ray_is_stopped() -> None:
     import ray
 
     assert not stop_autoscaler_monitor()  # no Ray started by this process
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    # Its own session folder (a short path: Ray's sockets live inside), removed afterwards: a
+    # stale one in /tmp/ray can hang a later Ray start.
+    temp = tempfile.mkdtemp(prefix="fbt-", dir=scratch_root())
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     try:
         from ray._private import worker
 
@@ -123,3 +128,4 @@ def test_autoscaler_monitor_of_a_local_ray_is_stopped() -> None:
         assert monitor.poll() is not None
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
