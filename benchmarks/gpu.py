@@ -16,36 +16,24 @@ the out-of-memory limit), and a plain single-process loop doing the same SGD ste
 from __future__ import annotations
 
 import argparse
-import threading
 
 import torch
 
+from benchmarks.peak import PeakSampler
 from benchmarks.round_overhead import WORKLOAD, fedbarrier_run, plain_loop, steady
 from fedbarrier.config import load_config
 from fedbarrier.federation import federation
 from fedbarrier.simulation import off_main_thread
 
 
-class PeakGPUMemory:
+class PeakGPUMemory(PeakSampler):
     """Largest memory in use on the GPU, by every process together, while the block runs."""
 
-    def __enter__(self) -> PeakGPUMemory:
+    interval = 0.02
+
+    def read(self) -> int:
         free, self.total = torch.cuda.mem_get_info()
-        self.start = self.peak = self.total - free
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            free, total = torch.cuda.mem_get_info()
-            self.peak = max(self.peak, total - free)
-            self._stop.wait(0.02)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        return self.total - free
 
 
 def bench(model: str, rounds: int, shares: list[str]) -> list[dict[str, float | str]]:

@@ -14,41 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
+from benchmarks.peak import PeakSampler
 from fedbarrier.config import load_config
 from fedbarrier.simulation import run_experiment
 
 
-class PeakRSS:
+class PeakRSS(PeakSampler):
     """Largest summed RSS of this process and its descendants while the block runs."""
 
-    def __enter__(self) -> PeakRSS:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def read(self) -> int:
+        me, total = psutil.Process(), 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
 
 
 def bench(num_clients: int, rounds: int, sampled: int = 10) -> dict[str, float]:

@@ -18,3 +18,20 @@ def test_hook_share_pairs_measured_with_unmeasured_rounds():
     assert split_rounds(times) == (2.5, 1.2)
     # an odd last round is measured too (the hook always measures the last round)
     assert split_rounds([9.0, 9.0, 1.0, 2.0, 1.0, 2.0, 4.0]) == (2.0, 1.0)
+
+
+def test_peak_sampler_keeps_the_largest_reading():
+    import time
+
+    from benchmarks.peak import PeakSampler
+
+    class Readings(PeakSampler):
+        interval = 0.001
+        values = iter([3, 7, 5])
+
+        def read(self) -> int:
+            return next(self.values, 1)
+
+    with Readings() as sampler:
+        time.sleep(0.05)
+    assert (sampler.start, sampler.peak) == (3, 7)
