@@ -214,13 +214,12 @@ def _check_value(owner: type, key: str, value: Any, f: dataclasses.Field) -> Any
 
 def _check_scalar(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
     if "words" in meta:  # a number, or one of a few words (num_gpus = "auto")
+        words = " or ".join(repr(w) for w in meta["words"])
         if isinstance(value, str):
             if value not in meta["words"]:
-                raise UserError(f"{key} = {value!r} is not allowed; use a number or "
-                                f"{' or '.join(repr(w) for w in meta['words'])}")
+                raise UserError(f"{key} = {value!r} is not allowed; use a number or {words}")
             return value
         tp = next(t for t in typing.get_args(tp) if t is not str)
-        words = " or ".join(repr(w) for w in meta["words"])
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key} = {value!r} must be a number or {words}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

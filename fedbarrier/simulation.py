@@ -57,6 +57,11 @@ def preflight(cfg: Config) -> None:
 GPU_MEMORY_PER_CLIENT = 2 * 2**30
 
 
+def ray_cpus() -> int:
+    """The CPUs a Ray instance started by a run gets: all of this machine's."""
+    return max(1, os.cpu_count() or 1)
+
+
 def local_gpu_memory() -> list[int]:
     """Total memory of each CUDA device this process sees (empty without CUDA)."""
     import torch
@@ -92,11 +97,10 @@ def backend_config(cfg: Config, scratch: Path) -> dict[str, Any]:
     else:
         # A private temp dir per run: a stale Ray session folder elsewhere cannot hang us.
         init_args["_temp_dir"] = str(scratch / "ray")
-        init_args["num_cpus"] = max(1, os.cpu_count() or 1)
+        init_args["num_cpus"] = ray_cpus()
     return {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus,
-                             "num_gpus": client_gpu_share(cfg, local_gpu_memory(),
-                                                          os.cpu_count() or 1)},
+                             "num_gpus": client_gpu_share(cfg, local_gpu_memory(), ray_cpus())},
         "init_args": init_args,
     }
 
@@ -148,7 +152,7 @@ def prepare_run(cfg: Config, out: str | Path, *, force: bool = False) -> RunDir:
         gpus = local_gpu_memory()
         run_dir.write_json("run.json", {
             **environment_info(), "gpus": len(gpus),
-            "client_num_gpus": client_gpu_share(cfg, gpus, os.cpu_count() or 1)})
+            "client_num_gpus": client_gpu_share(cfg, gpus, ray_cpus())})
         run_dir.write_json("partition.json", federation(cfg.data, cfg.seed).stats().to_dict())
         return run_dir
 
