@@ -318,6 +318,21 @@ def _covers(model: nn.Module, stages: list[Stage]) -> bool:
     return len(keys) == len(set(keys)) and set(keys) == set(model.state_dict())
 
 
+def _pool_before_relu(items: list[tuple[str, nn.Module]]) -> tuple[str, ...]:
+    """The run order of ``items`` with every ReLU that feeds a max-pool moved after it.
+
+    ``relu(maxpool(x)) == maxpool(relu(x))`` exactly (ReLU is monotone, so it commutes with a
+    max), and the pooled tensor is 4x smaller: rectifying it costs a quarter of the memory
+    traffic. Measurements score each conv stage tens of times per round.
+    """
+    order = list(items)
+    for i in range(len(order) - 1):
+        (_, first), (_, second) = order[i], order[i + 1]
+        if type(first) is nn.ReLU and type(second) is nn.MaxPool2d and not second.return_indices:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return tuple(path for path, _ in order)
+
+
 class _Chain(nn.Module):
     """Runs existing modules in order while registering them under their global paths.
 
@@ -327,7 +342,7 @@ class _Chain(nn.Module):
 
     def __init__(self, items: list[tuple[str, nn.Module]]) -> None:
         super().__init__()
-        self._paths = tuple(path for path, _ in items)
+        self._paths = _pool_before_relu(items)
         for path, module in items:
             self._register(path, module)
 

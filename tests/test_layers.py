@@ -276,6 +276,23 @@ def test_sequential_stages_merge_parameter_free_children() -> None:
     assert stages[0].keys == ("conv1.weight", "conv1.bias") and stages[0].prefix == ""
 
 
+@pytest.mark.parametrize(("name", "shape", "first_stage"), [
+    ("cnn", DIGITS, ("conv1", "pool1", "relu1")),
+    ("vgg11", CIFAR, ("features.0", "features.2", "features.1")),
+])
+def test_conv_stages_pool_before_rectifying_with_the_same_numbers(
+        name: str, shape: tuple[int, int, int], first_stage: tuple[str, ...]) -> None:
+    # A ReLU feeding a max-pool runs after it (4x fewer values to rectify): relu and max
+    # commute, so the output must equal the model's bit for bit.
+    model, x = _model(name, shape), _input(shape)
+    stages = model_stages(model)
+    with torch.no_grad():
+        out = _compose(stages, dict(model.state_dict()), x)
+        expected = model(x)
+    assert stages[0].module._paths == first_stage
+    assert torch.equal(out, expected)
+
+
 def test_nested_sequential_is_flattened() -> None:
     # Prepare
     model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 3), nn.ReLU()), nn.Linear(3, 2))
