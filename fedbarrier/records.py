@@ -4,7 +4,7 @@ Layout::
 
     RUN_DIR/
       config.toml        fully resolved config
-      run.json           versions, git revision, command line, start time
+      run.json           versions, git revision, command line, start time (and each resume's)
       partition.json     per-client sample and class counts
       metrics.jsonl      one JSON object per round
       barriers.jsonl     one JSON object per barrier measurement (round x split)

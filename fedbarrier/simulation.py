@@ -6,6 +6,7 @@ the run directory is touched and before Ray starts, so a bad config costs nothin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -143,6 +144,13 @@ def off_main_thread(fn: Callable[[], T]) -> T:
         return pool.submit(fn).result()
 
 
+def run_environment(cfg: Config) -> dict[str, Any]:
+    """What ``run.json`` records of the process that runs (or resumes) a run."""
+    gpus = local_gpu_memory()
+    return {**environment_info(), "gpus": len(gpus),
+            "client_num_gpus": client_gpu_share(cfg, gpus, ray_cpus())}
+
+
 def prepare_run(cfg: Config, out: str | Path, *, force: bool = False) -> RunDir:
     """Validate everything, then create the run directory with config, versions and partition."""
 
@@ -150,10 +158,7 @@ def prepare_run(cfg: Config, out: str | Path, *, force: bool = False) -> RunDir:
         preflight(cfg)
         run_dir = RunDir.create(out, force=force)
         run_dir.write_text("config.toml", to_toml(cfg))
-        gpus = local_gpu_memory()
-        run_dir.write_json("run.json", {
-            **environment_info(), "gpus": len(gpus),
-            "client_num_gpus": client_gpu_share(cfg, gpus, ray_cpus())})
+        run_dir.write_json("run.json", run_environment(cfg))
         run_dir.write_json("partition.json", federation(cfg.data, cfg.seed).stats().to_dict())
         return run_dir
 
@@ -200,6 +205,14 @@ def resume_experiment(path: str | Path, check: Config | None = None, *, progress
                         "again with --force")
     off_main_thread(lambda: preflight(cfg))
     run_dir.truncate_after(done)
+    # Each attempt's versions and machine, so a run resumed elsewhere says so (its numbers
+    # equal an uninterrupted run's only where torch and the device are the same).
+    try:
+        info = json.loads((run_dir.path / "run.json").read_text())
+    except (OSError, ValueError):  # missing or damaged: keep what this attempt knows
+        info = {}
+    resumed = {"after_round": done, **off_main_thread(lambda: run_environment(cfg))}
+    run_dir.write_json("run.json", {**info, "resumes": [*info.get("resumes", []), resumed]})
     if progress:
         print(f"resuming {run_dir.path} after round {done}", flush=True)
     _simulate(cfg, run_dir, done, progress=progress, verbose=verbose, client_app=client_app)

@@ -80,9 +80,15 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     done_at_kill = len(metrics.read_text().splitlines()) - 1
     assert 1 <= done_at_kill < cfg.train.rounds, "the kill should land mid-run"
 
+    started = json.loads((run / "run.json").read_text())
     resume_experiment(run, progress=False)
     assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
     assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
+    info = json.loads((run / "run.json").read_text())
+    assert {k: v for k, v in info.items() if k != "resumes"} == started
+    [resumed] = info["resumes"]
+    assert resumed["after_round"] == done_at_kill and resumed["torch"] == started["torch"]
+    assert resumed["command"] != started["command"]  # the CLI started it; this test resumed it
 
 
 def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
