@@ -363,8 +363,7 @@ def _cosines(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, dots / torch.where(norms > 0, norms, 1.0), 0.0)
 
 
-def _distances(vectors: list[torch.Tensor], avg: torch.Tensor,
-               reference: torch.Tensor | None) -> dict[str, Any]:
+def _distances(vectors: list[torch.Tensor], avg: torch.Tensor) -> dict[str, Any]:
     # One matrix product per scope instead of K(K-1)/2 Python-level pairs (K = 50 sampled
     # clients would be 1,225 pairs per layer and round). cdist without the matrix-product
     # shortcut subtracts first, so identical clients are exactly 0 apart.
@@ -381,8 +380,6 @@ def _distances(vectors: list[torch.Tensor], avg: torch.Tensor,
         out["pairwise_cos"] = float(_cosines(rows, rows)[upper[0], upper[1]].mean())
     else:
         out["pairwise_l2"], out["pairwise_cos"] = 0.0, 1.0
-    if reference is not None:
-        out["drift"] = (rows - reference).norm(dim=1).tolist()
     return out
 
 
@@ -390,19 +387,37 @@ def layer_distances(
     states: Sequence[StateDict],
     weights: Sequence[float],
     groups: LayerGroups,
-    reference: StateDict | None = None,
+    reference: StateDict | Sequence[StateDict] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per layer and for the whole model (key ``"model"``): L2 distance and cosine similarity of
     each client to the p-weighted average, mean pairwise L2 and cosine between clients, and (when
-    ``reference``, the model the clients received, is given) each client's L2 drift from it."""
+    ``reference`` is given) each client's L2 drift from the model it received.
+
+    ``reference`` is one model for every client, or one per client: what each was sent. Under
+    partial sharing a client receives only the shared layers; its drift is None in a scope
+    (layer, or the whole model) it did not receive all of, and a scope no client received has
+    no ``drift``.
+    """
     _check_inputs(states, groups)
     average = average_states(states, weights)
+    references = [reference] * len(states) if isinstance(reference, Mapping) else reference
     out: dict[str, dict[str, Any]] = {}
     scopes = {**{layer: list(keys) for layer, keys in groups.items()},
               "model": [k for keys in groups.values() for k in keys]}
     for scope, keys in scopes.items():
-        ref = None
-        if reference is not None and all(k in reference for k in keys):
-            ref = _flat(reference, keys)
-        out[scope] = _distances([_flat(s, keys) for s in states], _flat(average, keys), ref)
+        rows = [_flat(s, keys) for s in states]
+        out[scope] = _distances(rows, _flat(average, keys))
+        if references is not None:
+            drift: list[float | None] = [None] * len(rows)
+            sent_alike: dict[int, list[int]] = {}  # clients sent the same model, in one product
+            for i, ref in enumerate(references):
+                sent_alike.setdefault(id(ref), []).append(i)
+            for clients in sent_alike.values():
+                ref = references[clients[0]]
+                if all(k in ref for k in keys):
+                    own = torch.stack([rows[i] for i in clients])
+                    for i, d in zip(clients, (own - _flat(ref, keys)).norm(dim=1).tolist()):
+                        drift[i] = d
+            if any(d is not None for d in drift):
+                out[scope]["drift"] = drift
     return out

@@ -43,6 +43,9 @@ class ClientModels:
     states: list[dict[str, torch.Tensor]]
     num_examples: list[int]
     received: dict[str, torch.Tensor] | None  # the model the server sent this round
+    # What each client was actually sent, in client order: only the shared layers under partial
+    # sharing, another client's model in a daisy-chaining round (None: the same as ``received``).
+    sent: list[dict[str, torch.Tensor]] | None = None
 
 
 RoundValues = dict[str, Any]
@@ -157,7 +160,7 @@ class BarrierHook(RoundHook):
         ids = models.client_ids
         defaults = self._defaults(models.server_round, len(ids))
         distances = (layer_distances(models.states, models.num_examples, self.groups,
-                                     reference=models.received)
+                                     reference=models.sent or models.received)
                      if self.cfg.distances else None)
         summary: dict[str, Any] = {}
         for split in self.cfg.splits:

@@ -142,6 +142,8 @@ class Instrumented(Strategy):
         self._record: dict[str, Any] = {}
         self._round_start = time.perf_counter()
         self._received: dict[str, torch.Tensor] | None = None
+        self._sent_to: dict[int, ArrayRecord] = {}  # node id -> the arrays it was sent
+        self._arrays: ArrayRecord | None = None  # the round's global model, as configure_train got it
         self._sent_keys: set[str] | None = None
         self._pending: list[Future[dict[str, Any]]] = []  # hook work running past aggregation
         # (round, arrays, metrics or Future): the global evaluation started in configure_evaluate
@@ -170,10 +172,13 @@ class Instrumented(Strategy):
         self._round_start = time.perf_counter()
         self._record = {"round": server_round}
         self._received = arrays.to_torch_state_dict()
+        self._arrays = arrays
         random.seed(derive_seed(self.seed, server_round, 0))
         messages = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)),
                                                    self._grid(grid)))
         self._record["bytes_sent"] = array_bytes(messages)
+        self._sent_to = {m.metadata.dst_node_id: next(iter(m.content.array_records.values()))
+                         for m in messages if m.has_content() and m.content.array_records}
         self._sent_keys, shared = _sent_layers(messages)
         if shared is not None:
             self._record["shared_layers"] = shared
@@ -211,6 +216,7 @@ class Instrumented(Strategy):
             num_examples=[int(next(iter(m.content.metric_records.values()))[NUM_EXAMPLES])
                           for m in usable],
             received=self._received,
+            sent=self._sent_states(usable),
         )
         for hook in self.hooks:
             values = hook.before_aggregation(models)
@@ -222,6 +228,20 @@ class Instrumented(Strategy):
         if metrics is not None:
             self._record.update({k: v for k, v in metrics.items() if k != NUM_EXAMPLES})
         return arrays, metrics
+
+    def _sent_states(self, replies: list[Message]) -> list[dict[str, torch.Tensor]]:
+        """The arrays each replying client was sent this round (decoded once per record)."""
+        decoded: dict[int, dict[str, torch.Tensor]] = {id(self._arrays): self._received or {}}
+        out = []
+        for msg in replies:
+            record = self._sent_to.get(msg.metadata.src_node_id)
+            if record is None:
+                out.append({})
+                continue
+            if id(record) not in decoded:
+                decoded[id(record)] = record.to_torch_state_dict()
+            out.append(decoded[id(record)])
+        return out
 
     def _check_reply(self, msg: Message) -> tuple[dict[str, torch.Tensor], str | None]:
         """The reply's model, or why it cannot be aggregated (error, divergence, bad arrays)."""

@@ -1,16 +1,20 @@
-"""Instrumented's round bookkeeping: when the server's global evaluation starts and ends."""
+"""Instrumented's round bookkeeping: when the server's global evaluation starts and ends, and
+what each client was sent."""
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.hook import RoundHook
+from fedbarrier.barriers import layer_distances
+from fedbarrier.hook import ClientModels, RoundHook
 from fedbarrier.instrumented import Instrumented
+from strategies.layerwise import LayerwiseFedAvg
 
 
 class Records(RoundHook):
@@ -62,3 +66,62 @@ def test_a_synchronous_global_evaluate_still_works() -> None:
     strategy.configure_evaluate(1, model, ConfigRecord(), grid=None)  # type: ignore[arg-type]
     strategy.evaluate_fn(1, model)
     assert [r["global_test_accuracy"] for r in hook.records] == [0.0, 1.0]
+
+
+class FakeGrid:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.ids)
+
+
+class Capture(RoundHook):
+    def before_aggregation(self, models: ClientModels) -> None:
+        self.models = models
+
+
+def train_reply(request: Message, pid: int, state: dict[str, torch.Tensor]) -> Message:
+    return Message(RecordDict({"arrays": ArrayRecord(state),
+                               "metrics": MetricRecord({"num-examples": 10}),
+                               "client": ConfigRecord({"partition-id": pid})}), reply_to=request)
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Messages need a run identity, as inside a Flower run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_task_id", "_node_id"):  # the metaclass stores them privately
+        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
+
+
+GROUPS = {"a": ["a.weight"], "b": ["b.weight"]}
+
+
+def one_round(inner, clients: list[dict[str, torch.Tensor]]) -> ClientModels:
+    capture = Capture()
+    strategy = Instrumented(inner, [capture], partition_of={7: 0, 9: 1})
+    start = ArrayRecord({"a.weight": torch.zeros(2), "b.weight": torch.zeros(2)})
+    requests = list(strategy.configure_train(1, start, ConfigRecord(), FakeGrid([9, 7])))
+    by_node = {m.metadata.dst_node_id: m for m in requests}
+    strategy.aggregate_train(1, [train_reply(by_node[7], 0, clients[0]),
+                                 train_reply(by_node[9], 1, clients[1])])
+    return capture.models
+
+
+def test_drift_is_measured_against_what_each_client_was_sent(task_identity) -> None:
+    clients = [{"a.weight": torch.tensor([3.0, 4.0]), "b.weight": torch.tensor([1.0, 0.0])},
+               {"a.weight": torch.tensor([0.0, 1.0]), "b.weight": torch.tensor([0.0, 2.0])}]
+    # FedAvg sends the whole model to everyone: one reference, decoded once.
+    models = one_round(FedAvg(min_available_nodes=2, min_train_nodes=2), clients)
+    assert models.sent is not None and all(s is models.received for s in models.sent)
+    # Partial sharing (layer a shared, b personal): the clients were sent layer a only, so b
+    # and the whole model have no drift, instead of one against a server copy never sent.
+    models = one_round(LayerwiseFedAvg(GROUPS, ["a"], min_available_nodes=2, min_train_nodes=2),
+                       clients)
+    assert models.sent is not None and [sorted(s) for s in models.sent] == [["a.weight"]] * 2
+    distances = layer_distances(models.states, models.num_examples, GROUPS,
+                                reference=models.sent or models.received)
+    assert distances["a"]["drift"] == pytest.approx([5.0, 1.0])
+    assert "drift" not in distances["b"] and "drift" not in distances["model"]
