@@ -1,4 +1,4 @@
-"""Shared test setup: no telemetry, tiny generated data, and no Ray left behind."""
+"""Shared test setup: no telemetry, tiny generated data, a fake grid, and no Ray left behind."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ TINY = [
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+class FakeGrid:
+    """A Flower Grid as strategies see it in configure_*: the connected node ids."""
+
+    def __init__(self, ids):
+        self.ids = list(ids)
+
+    def get_node_ids(self):
+        return list(self.ids)
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Messages need a run identity, as inside a Flower run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_task_id", "_node_id"):  # the metaclass stores them privately
+        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

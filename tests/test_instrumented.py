@@ -15,6 +15,7 @@ from fedbarrier.barriers import layer_distances
 from fedbarrier.hook import ClientModels, RoundHook
 from fedbarrier.instrumented import Instrumented
 from strategies.layerwise import LayerwiseFedAvg
+from tests.conftest import FakeGrid
 
 
 class Records(RoundHook):
@@ -68,14 +69,6 @@ def test_a_synchronous_global_evaluate_still_works() -> None:
     assert [r["global_test_accuracy"] for r in hook.records] == [0.0, 1.0]
 
 
-class FakeGrid:
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.ids)
-
-
 class Capture(RoundHook):
     def before_aggregation(self, models: ClientModels) -> None:
         self.models = models
@@ -85,15 +78,6 @@ def train_reply(request: Message, pid: int, state: dict[str, torch.Tensor]) -> M
     return Message(RecordDict({"arrays": ArrayRecord(state),
                                "metrics": MetricRecord({"num-examples": 10}),
                                "client": ConfigRecord({"partition-id": pid})}), reply_to=request)
-
-
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Messages need a run identity, as inside a Flower run."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_task_id", "_node_id"):  # the metaclass stores them privately
-        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
 
 
 GROUPS = {"a": ["a.weight"], "b": ["b.weight"]}

@@ -20,9 +20,9 @@ from fedbarrier.config import load_config
 from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.dynamic import DynamicAveraging, should_sync
-from tests.conftest import TINY
+from tests.conftest import TINY, FakeGrid
 from tests.strategies.replay import assert_same_model, replay_round
-from tests.strategies.test_feddc import GROUPS, FakeGrid, model, reply, task_identity, value_of  # noqa: F401
+from tests.strategies.test_feddc import GROUPS, model, reply, value_of
 
 
 def test_sync_when_some_client_violates_its_condition():

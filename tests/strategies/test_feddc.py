@@ -1,7 +1,7 @@
 """FedDC (federated daisy-chaining): the schedule, the hand-over, what travels each round, and a
 real federation whose daisy-chained models are checked against replayed local training.
 
-Also holds the message helpers the other scheme tests import (FakeGrid, reply, task_identity).
+Also holds the message helpers the other scheme tests import (reply, model, value_of).
 """
 
 from __future__ import annotations
@@ -17,28 +17,11 @@ from fedbarrier.config import load_config
 from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.feddc import AVERAGE, COMMON, DAISY, KEEP, FedDC, daisy_chain, feddc_step
-from tests.conftest import TINY
+from tests.conftest import TINY, FakeGrid
 from tests.strategies.replay import assert_same_model, replay_round
 
 GROUPS = {"conv": ["conv.weight"], "fc": ["fc.weight", "fc.bias"]}
 KEYS = [k for keys in GROUPS.values() for k in keys]
-
-
-class FakeGrid:
-    def __init__(self, ids):
-        self.ids = list(ids)
-
-    def get_node_ids(self):
-        return list(self.ids)
-
-
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Messages need a run identity, as inside a Flower run."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_task_id", "_node_id"):  # the metaclass stores them privately
-        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
 
 
 def reply(node, pid, state, metrics):

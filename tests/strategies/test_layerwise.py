@@ -13,18 +13,11 @@ from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.barrier_aware import BarrierAwareFedAvg
 from strategies.layerwise import LayerwiseFedAvg, preset_layers
+from tests.conftest import FakeGrid
 
 GROUPS = {"conv1": ["conv1.weight", "conv1.bias"], "conv2": ["conv2.weight"],
           "fc1": ["fc1.weight"], "fc2": ["fc2.weight", "fc2.bias"]}
 KEYS = [k for keys in GROUPS.values() for k in keys]
-
-
-class FakeGrid:
-    def __init__(self, ids):
-        self.ids = ids
-
-    def get_node_ids(self):
-        return list(self.ids)
 
 
 def arrays():
@@ -41,15 +34,6 @@ def arrays():
 ])
 def test_presets_name_the_shared_layers(name, expected):
     assert preset_layers(name, GROUPS) == expected
-
-
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Messages need a run identity, as inside a Flower run."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_task_id", "_node_id"):  # the metaclass stores them privately
-        monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
 
 
 def test_only_shared_layers_travel_and_the_config_names_them(task_identity):

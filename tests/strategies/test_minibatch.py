@@ -15,8 +15,8 @@ from fedbarrier.config import load_config
 from fedbarrier.task import train
 from strategies import build_strategy
 from strategies.minibatch import MinibatchSGD
-from tests.conftest import TINY
-from tests.strategies.test_feddc import GROUPS, FakeGrid, model, task_identity  # noqa: F401
+from tests.conftest import TINY, FakeGrid
+from tests.strategies.test_feddc import GROUPS, model
 
 CPU = torch.device("cpu")
 

@@ -14,8 +14,8 @@ from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
 from strategies import build_strategy
 from strategies.radon import RadonMachine, iterated_radon_point, radon_height, radon_point
-from tests.conftest import TINY
-from tests.strategies.test_feddc import FakeGrid, reply, task_identity  # noqa: F401 (fixture)
+from tests.conftest import TINY, FakeGrid
+from tests.strategies.test_feddc import reply
 
 LINEAR = {"fc": ["fc.weight", "fc.bias"]}
 
