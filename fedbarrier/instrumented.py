@@ -54,6 +54,11 @@ class _OrderedGrid:
     def get_node_ids(self) -> list[int]:
         return sorted(self._grid.get_node_ids(), key=self._order)
 
+    def partition_id(self, node_id: int) -> int:
+        """The partition (client) id of a node: strategies that keep per-client state across a
+        resume (node ids are new then) look clients up here."""
+        return self._order(node_id)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 

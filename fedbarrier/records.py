@@ -17,6 +17,7 @@ files are written to a temporary name and renamed into place (atomic on POSIX).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -88,6 +89,16 @@ def save_state_dict(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     os.replace(tmp, path)
+
+
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(v) for v in value)
+    return False
 
 
 def git_revision() -> str | None:
@@ -184,11 +195,22 @@ class RunDir:
 
     def save_server_state(self, server_round: int, global_state: Mapping[str, torch.Tensor],
                           strategy_state: Mapping[str, Any] | None) -> None:
-        """The global model (and strategy state) after ``server_round``; older rounds dropped."""
+        """The global model (and strategy state) after ``server_round``; older rounds dropped.
+
+        A strategy state is JSON (readable), or a torch file where it holds tensors (e.g. the
+        models FedDC hands over in the next round).
+        """
         save_state_dict(self.state_path(server_round, "global"), global_state)
-        if strategy_state is not None:
-            write_atomic(self.path / "state" / f"strategy-{server_round:04d}.json",
-                         json.dumps(json_ready(strategy_state)))
+        as_torch = self.state_path(server_round, "strategy")
+        as_json = as_torch.with_suffix(".json")
+        if strategy_state is not None and _holds_tensors(strategy_state):
+            buffer = io.BytesIO()
+            torch.save(strategy_state, buffer)
+            write_atomic(as_torch, buffer.getvalue())
+            as_json.unlink(missing_ok=True)  # an earlier attempt's, of the other kind
+        elif strategy_state is not None:
+            write_atomic(as_json, json.dumps(json_ready(strategy_state)))
+            as_torch.unlink(missing_ok=True)
         for old in sorted((self.path / "state").glob("*-*.*")):
             number = old.stem.rsplit("-", 1)[-1]
             if number.isdigit() and int(number) < server_round - 1:
@@ -197,8 +219,11 @@ class RunDir:
     def load_server_state(self, server_round: int) -> tuple[dict[str, torch.Tensor],
                                                             dict[str, Any] | None]:
         global_state = torch.load(self.state_path(server_round, "global"), weights_only=True)
-        strategy = self.path / "state" / f"strategy-{server_round:04d}.json"
-        return global_state, json.loads(strategy.read_text()) if strategy.exists() else None
+        as_torch = self.state_path(server_round, "strategy")
+        if as_torch.exists():
+            return global_state, torch.load(as_torch, weights_only=True)
+        as_json = as_torch.with_suffix(".json")
+        return global_state, json.loads(as_json.read_text()) if as_json.exists() else None
 
     def last_complete_round(self) -> int:
         """The last round with both a metrics record and the server state to resume from."""

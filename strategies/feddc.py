@@ -28,14 +28,16 @@ an averaging round and their own model otherwise.
 
 The paper has every client train in every round; with partial participation a sampled client
 without an assigned model (it did not train in round t) gets the latest average. A resumed run
-(``fedbarrier run --resume``) follows the schedule from the round number, but the models to hand
-over are not saved: a daisy step right after the resume becomes a keep step.
+(``fedbarrier run --resume``) follows the schedule from the round number and hands over the
+models saved with the round's state (a state saved by fedbarrier before it saved them resumes a
+daisy step as a keep step).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -101,7 +103,8 @@ class FedDC(FedAvg):
         messages, self._source_of = [], {}
         for msg in sampled:
             node = msg.metadata.dst_node_id
-            pid = self._pid_of.get(node)
+            # After a resume no reply has told us who a node is yet; Instrumented's grid knows.
+            pid = self._pid_of.get(node, getattr(grid, "partition_id", lambda _: None)(node))
             model: ArrayRecord | None = arrays
             source: int | None = COMMON
             if self._step == KEEP:
@@ -136,17 +139,22 @@ class FedDC(FedAvg):
         info = {"feddc_step": self._step, "feddc_model_from": [held[pid] for pid in sorted(held)]}
         return arrays, MetricRecord({**(dict(metrics) if metrics is not None else {}), **info})
 
-    def state_dict(self) -> dict[str, int]:
-        """For ``fedbarrier run --resume``: the last round (the schedule follows from it)."""
-        return {"round": self._round}
+    def state_dict(self) -> dict[str, Any]:
+        """For ``fedbarrier run --resume``: the last round (the schedule follows from it) and the
+        models to hand over in the next round (``{recipient: {"source", "model"}}``)."""
+        handover = {str(recipient): {"source": source, "model": model.to_torch_state_dict()}
+                    for recipient, (source, model) in self._handover.items()}
+        return {"round": self._round, **({"handover": handover} if handover else {})}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume after ``state["round"]``. The models to hand over are not saved: a resumed
-        daisy step lets every client continue its own model instead (a keep step)."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume after ``state["round"]``. Without saved hand-over models (a state saved before
+        fedbarrier saved them) a resumed daisy step lets every client keep its own model."""
         self._round = int(state["round"])
         step = feddc_step(self._round, self.daisy_period, self.aggregation_period) if self._round \
             else AVERAGE
-        self._step = KEEP if step == DAISY else step
+        self._handover = {int(recipient): (int(h["source"]), ArrayRecord(h["model"]))
+                          for recipient, h in state.get("handover", {}).items()}
+        self._step = KEEP if step == DAISY and not self._handover else step
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

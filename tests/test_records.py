@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedbarrier.errors import UserError
 from fedbarrier.records import RunDir, append_jsonl, read_jsonl
@@ -47,3 +48,18 @@ def test_truncate_after_drops_later_rounds_and_checkpoints(tmp_path):
     assert [m["round"] for m in run.metrics()] == [0, 1, 2]
     assert [b["round"] for b in run.barriers()] == [0, 1, 2]
     assert not (run.path / "checkpoints" / "round-0003").exists()
+
+
+def test_strategy_state_is_json_unless_it_holds_tensors(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    model = {"w": torch.ones(2)}
+    run.save_server_state(3, model, {"round": 3, "shared": ["conv1"]})
+    assert (run.path / "state" / "strategy-0003.json").exists()
+    assert run.load_server_state(3)[1] == {"round": 3, "shared": ["conv1"]}
+    # The same round saved again (a resumed attempt) with tensors: only the new file counts.
+    run.save_server_state(3, model, {"round": 3, "handover": {"1": {"model": model}}})
+    assert not (run.path / "state" / "strategy-0003.json").exists()
+    state = run.load_server_state(3)[1]
+    assert torch.equal(state["handover"]["1"]["model"]["w"], torch.ones(2))
+    run.save_server_state(3, model, {"round": 3})
+    assert run.load_server_state(3)[1] == {"round": 3}

@@ -25,6 +25,9 @@ TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_
 # Personal layers and persistent momentum: resume must restore client-side state too.
 RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fedper",
                     "train.keep_optimizer_state=true"]
+# Daisy-chaining after rounds 1 and 2: the models to hand over are server state too.
+DAISY_CHAINED = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=feddc",
+                        "strategy.daisy_period=1", "strategy.aggregation_period=3"]
 
 
 def records(path: Path) -> list[dict]:
@@ -59,8 +62,9 @@ def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr) -> tuple[
     return proc, private_tmp
 
 
-def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
-    cfg = load_config(None, RESUMABLE)
+@pytest.mark.parametrize("overrides", [RESUMABLE, DAISY_CHAINED], ids=["fedper", "feddc"])
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, overrides):
+    cfg = load_config(None, overrides)
     reference = tmp_path / "reference"
     run_experiment(cfg, reference, progress=False)
 

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from fedbarrier.config import load_config
 from fedbarrier.instrumented import SHARED_LAYERS
+from fedbarrier.records import RunDir
 from strategies import build_strategy
 from strategies.feddc import AVERAGE, COMMON, DAISY, KEEP, FedDC, daisy_chain, feddc_step
 from tests.conftest import TINY, FakeGrid
@@ -125,7 +126,7 @@ def test_without_daisy_chaining_clients_keep_their_models_and_nothing_travels(ta
     assert list(metrics["feddc_model_from"]) == [0, 1, 2] and metrics["feddc_step"] == AVERAGE
 
 
-def test_resumed_state_follows_the_schedule_and_keeps_instead_of_handing_over():
+def test_a_state_without_handover_models_follows_the_schedule_and_keeps():
     strategy = FedDC(GROUPS, daisy_period=2, aggregation_period=4)
     strategy.aggregate_train(3, [])  # no replies: only the round is recorded
     assert strategy.state_dict() == {"round": 3}
@@ -133,6 +134,38 @@ def test_resumed_state_follows_the_schedule_and_keeps_instead_of_handing_over():
         resumed = FedDC(GROUPS, daisy_period=2, aggregation_period=4)
         resumed.load_state_dict({"round": last})
         assert resumed._step == step
+
+
+class ResumedGrid(FakeGrid):
+    """A resumed run's grid: new node ids, partition ids from Instrumented's discovery."""
+
+    def partition_id(self, node):
+        return node - 20
+
+
+def test_a_resumed_run_hands_over_the_saved_models(task_identity, tmp_path):
+    # Prepare: round 1 ends in a daisy step; the server state is saved as after every round
+    strategy = FedDC(GROUPS, daisy_period=1, aggregation_period=3, min_available_nodes=3,
+                     min_train_nodes=3)
+    strategy.configure_train(1, ArrayRecord(model(0)), ConfigRecord(), FakeGrid([10, 11, 12]))
+    random.seed(5)
+    average, _ = strategy.aggregate_train(1, replies())
+    uninterrupted = sent(strategy.configure_train(2, average, ConfigRecord(),
+                                                  FakeGrid([10, 11, 12])))
+    run = RunDir.create(tmp_path / "run")
+    run.save_server_state(1, average.to_torch_state_dict(), strategy.state_dict())
+    # Execute: a new process loads the state; the clients are now nodes 20, 21, 22
+    global_state, state = run.load_server_state(1)
+    resumed = FedDC(GROUPS, daisy_period=1, aggregation_period=3, min_available_nodes=3,
+                    min_train_nodes=3)
+    resumed.load_state_dict(state)
+    after = sent(resumed.configure_train(2, ArrayRecord(global_state), ConfigRecord(),
+                                         ResumedGrid([20, 21, 22])))
+    # Assert: every client gets the model it would have got without the interruption
+    assert (run.path / "state" / "strategy-0001.pt").exists()
+    assert {node - 20: v for node, v in after.items()} == {
+        node - 10: v for node, v in uninterrupted.items()}
+    assert {v for v, _ in after.values()} == {10.0, 20.0, 30.0}  # hand-overs, not the average
 
 
 def read(path):
