@@ -43,12 +43,16 @@ def quiet_environment() -> None:
 
 
 def preflight(cfg: Config) -> None:
-    """Load data, partition it and build the model once, raising UserError on bad input."""
-    from fedbarrier.build import model_layers
+    """Load data, partition it and build the model and strategy once, raising UserError on bad
+    input. A strategy with a ``check_model(shapes)`` method (e.g. the Radon machine, which needs
+    more clients than the model has parameters) checks the model here, before anything is written."""
+    from fedbarrier.build import initial_state, model_layers
     from strategies import build_strategy
 
     with _flower_logs(logging.WARNING):
-        build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
+        strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
+    if hasattr(strategy, "check_model"):
+        strategy.check_model({k: tuple(v.shape) for k, v in initial_state(cfg).items()})
     if cfg.data.test_fraction == 0 and cfg.strategy.fraction_evaluate > 0:
         raise UserError("data.test_fraction = 0 leaves clients no local test part; set "
                         "strategy.fraction_evaluate = 0 too")

@@ -15,7 +15,7 @@ clients for h = 1, 144 for h = 2). ``[strategy] name = "radon"`` with ``radon_he
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -119,15 +119,20 @@ class RadonMachine(FedAvg):
         self.height, self.r = height, r
         self.keys: list[str] = list(next(iter(groups.values())))
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        d = sum(int(np.prod(arrays[k].shape)) for k in arrays)
+    def check_model(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Raise UserError unless r >= d + 2 for a model with these tensor shapes (fedbarrier
+        calls it before a run starts; ``configure_train`` checks the arrays it gets too)."""
+        d = sum(int(np.prod(shape)) for shape in shapes.values())
         if self.r < d + 2:
             raise UserError(
                 f"strategy.name = 'radon': the model has d = {d} parameters, so a Radon point needs "
                 f"r >= d + 2 = {d + 2} models per group, but data.num_clients = {self.r ** self.height}"
                 f" = {self.r}^{self.height} gives r = {self.r}; use {d + 2}^h clients (a smaller "
                 "input or fewer classes makes d smaller)")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.check_model({k: arrays[k].shape for k in arrays})
         return super().configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

@@ -34,6 +34,8 @@ def fedbarrier(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     (["--set", "data.partition=pathological", "--set", "data.classes_per_client=11"],
      "classes_per_client"),
     (["--set", "barriers.splits=[]", "--set", "strategy.name=barrier-aware"], "barrier_split"),
+    (["--set", "model.name=linear", "--set", "strategy.name=radon", "--set", "data.num_clients=4"],
+     "d = 650 parameters"),  # 64 pixels x 10 classes + 10: r = 4 clients cannot do
 ])
 def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
     result = fedbarrier("run", QUICKSTART, "--out", str(tmp_path / "run"), *args)
