@@ -7,6 +7,7 @@ module-level ``app`` reads the config path and output folder from the run config
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -44,6 +45,22 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0) ->
     return mapping
 
 
+def in_simulation(grid: Grid) -> bool:
+    """True for Flower's in-memory grid (simulation engine); False under deployment."""
+    return hasattr(grid, "pull_interval")
+
+
+def server_data_warning(cfg: Config, grid: Grid) -> str | None:
+    """A warning when a run under the Deployment Engine measures barriers on ``train``: that
+    split is the clients' training data, which a real federation's server does not have (the
+    server here reads it from its own disk, as the config names it)."""
+    if in_simulation(grid) or not cfg.barriers.enabled or "train" not in cfg.barriers.splits:
+        return None
+    return ("warning: barriers.splits includes 'train', the clients' training data, which the "
+            "server reads from its own disk; a real federation's server has none: set "
+            'barriers.splits = ["test"] (a server-side set)')
+
+
 def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool = True,
                completed_rounds: int = 0) -> None:
     """Run rounds ``completed_rounds + 1 .. train.rounds`` (resuming from saved state if > 0).
@@ -68,10 +85,10 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
 
 def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool,
                 completed_rounds: int, compute: ThreadPoolExecutor) -> None:
-    if hasattr(grid, "pull_interval"):
+    if in_simulation(grid):
         # Flower's in-memory grid (simulation) sleeps 0.1 s between polls for replies: up to
         # 0.1 s lost per phase, two phases a round. Polling an in-process queue is cheap.
-        grid.pull_interval = 0.005
+        grid.pull_interval = 0.005  # type: ignore[attr-defined]
     fed = federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.train.device)
     model = initial_model(cfg, fed)
@@ -160,6 +177,8 @@ def _main(grid: Grid, context: Context) -> None:
     from fedbarrier.simulation import prepare_run
 
     cfg = config_from_context(context)
+    if (warning := server_data_warning(cfg, grid)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     run_dir = prepare_run(cfg, out_from_context(context), force=True)
     run_server(grid, cfg, run_dir)
     if cfg.output.plots:
