@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from fedbarrier.errors import UserError
 from fedbarrier.federation import federation, share_data
 from fedbarrier.process_tuning import frozen_heap
 from fedbarrier.records import RunDir, environment_info
+from fedbarrier.scratch import make_scratch
 
 T = TypeVar("T")
 
@@ -247,52 +247,6 @@ def scratch_root() -> str:
     return "/tmp"
 
 
-_OWNER = "owner"  # in a scratch folder: "<pid> <start time>" of the process that made it
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux /proc; None where unknown), so a reused pid
-    is not taken for the process that made a scratch folder."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def _alive(owner: str) -> bool:
-    pid, _, start = owner.partition(" ")
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):  # another user's process, or an unreadable file
-        return True
-    now = _process_start(int(pid))
-    return not start or now is None or now == start
-
-
-def make_scratch(root: str) -> tempfile.TemporaryDirectory[str]:
-    """A run's scratch folder under ``root``, first removing those of runs that were killed.
-
-    A run removes its own folder when it ends, even after an error; a killed process (kill -9,
-    the out-of-memory killer) cannot, and the folder holds the shared dataset (600 MB for
-    CIFAR-10, often in a RAM-backed /tmp). Each folder names its owner; folders whose owner
-    process is gone are removed; folders without an owner file are left alone. (Ray's dashboard
-    and runtime-env agents outlive a killed run too, but exit by themselves within ~2 minutes.)
-    """
-    for folder in Path(root).glob("fedbarrier-*"):
-        try:
-            owner = (folder / _OWNER).read_text()
-        except OSError:
-            continue
-        if not _alive(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-    scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=root, ignore_cleanup_errors=True)
-    (Path(scratch.name) / _OWNER).write_text(f"{os.getpid()} {_process_start(os.getpid()) or ''}")
-    return scratch
-
-
 def _share_data(cfg: Config, folder: Path) -> Path | None:
     """Write the dataset for the workers to map; None (each worker loads it) if it cannot be."""
     try:
@@ -312,7 +266,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     from fedbarrier.server_app import make_server_app
 
     # The run's scratch folder: Ray's session files and the dataset shared with the workers.
-    scratch = make_scratch(scratch_root())
+    scratch = make_scratch(scratch_root())  # after removing those of killed runs
     try:
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
