@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedbarrier.errors import UserError
@@ -99,6 +100,24 @@ def _holds_tensors(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_holds_tensors(v) for v in value)
     return False
+
+
+def _loadable(value: Any, where: str) -> Any:
+    """``value`` with numpy numbers and arrays as Python numbers and tensors, so that
+    ``torch.load(weights_only=True)`` can read it back on resume; a TypeError naming the place
+    of anything else it could not read (failing at save, not at resume)."""
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
+        return value.item()
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, Mapping):
+        return {k: _loadable(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_loadable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"strategy {where} holds a {type(value).__name__}; a strategy state may hold "
+                    "tensors, numbers, strings, None, lists and dicts")
 
 
 def git_revision() -> str | None:
@@ -205,7 +224,7 @@ class RunDir:
         as_json = as_torch.with_suffix(".json")
         if strategy_state is not None and _holds_tensors(strategy_state):
             buffer = io.BytesIO()
-            torch.save(strategy_state, buffer)
+            torch.save(_loadable(strategy_state, "state_dict()"), buffer)
             write_atomic(as_torch, buffer.getvalue())
             as_json.unlink(missing_ok=True)  # an earlier attempt's, of the other kind
         elif strategy_state is not None:

@@ -56,9 +56,10 @@ def server_data_warning(cfg: Config, grid: Grid) -> str | None:
     server here reads it from its own disk, as the config names it)."""
     if in_simulation(grid) or not cfg.barriers.enabled or "train" not in cfg.barriers.splits:
         return None
+    also = (' and strategy.barrier_split = "test"' if cfg.strategy.name == "barrier-aware" else "")
     return ("warning: barriers.splits includes 'train', the clients' training data, which the "
             "server reads from its own disk; a real federation's server has none: set "
-            'barriers.splits = ["test"] (a server-side set)')
+            f'barriers.splits = ["test"]{also} (a server-side set)')
 
 
 def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool = True,

@@ -109,3 +109,10 @@ def test_drift_is_measured_against_what_each_client_was_sent(task_identity) -> N
                                 reference=models.sent or models.received)
     assert distances["a"]["drift"] == pytest.approx([5.0, 1.0])
     assert "drift" not in distances["b"] and "drift" not in distances["model"]
+
+
+def test_the_grid_strategies_see_tells_client_ids_of_known_nodes_only() -> None:
+    strategy = Instrumented(FedAvg(), partition_of={7: 0, 9: 1})
+    grid = strategy._grid(FakeGrid([9, 7, 8]))  # type: ignore[arg-type]
+    assert grid.get_node_ids() == [7, 9, 8]  # by client id; unknown nodes by their node id
+    assert (grid.partition_id(9), grid.partition_id(8)) == (1, None)

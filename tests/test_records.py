@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,14 @@ def test_strategy_state_is_json_unless_it_holds_tensors(tmp_path):
     assert torch.equal(state["handover"]["1"]["model"]["w"], torch.ones(2))
     run.save_server_state(3, model, {"round": 3})
     assert run.load_server_state(3)[1] == {"round": 3}
+
+
+def test_a_strategy_state_that_resume_could_not_read_fails_when_saved(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    model = {"w": torch.ones(2)}
+    # numpy values become numbers and tensors that torch.load(weights_only=True) reads back
+    run.save_server_state(1, model, {"m": model, "lr": np.float64(0.5), "seen": np.arange(3)})
+    state = run.load_server_state(1)[1]
+    assert state["lr"] == 0.5 and torch.equal(state["seen"], torch.arange(3))
+    with pytest.raises(TypeError, match=r"state_dict\(\)\['x'\] holds a set"):
+        run.save_server_state(2, model, {"m": model, "x": {1, 2}})

@@ -17,6 +17,7 @@ import pytest
 from fedbarrier.config import load_config, to_toml
 from fedbarrier.errors import UserError
 from fedbarrier.simulation import resume_experiment, run_experiment
+from strategies.feddc import DAISY, feddc_step
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -25,9 +26,9 @@ TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_
 # Personal layers and persistent momentum: resume must restore client-side state too.
 RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fedper",
                     "train.keep_optimizer_state=true"]
-# Daisy-chaining after rounds 1 and 2: the models to hand over are server state too.
-DAISY_CHAINED = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=feddc",
-                        "strategy.daisy_period=1", "strategy.aggregation_period=3"]
+# Daisy-chaining after rounds 1-3: the models to hand over are server state too.
+DAISY_CHAINED = TINY + ["train.rounds=5", "train.local_epochs=3", "strategy.name=feddc",
+                        "strategy.daisy_period=1", "strategy.aggregation_period=4"]
 
 
 def records(path: Path) -> list[dict]:
@@ -83,6 +84,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, overrides):
     assert metrics.exists(), (tmp_path / "stderr.txt").read_text()[-2000:]
     done_at_kill = len(metrics.read_text().splitlines()) - 1
     assert 1 <= done_at_kill < cfg.train.rounds, "the kill should land mid-run"
+    if cfg.strategy.name == "feddc":  # the first resumed round must be a hand-over
+        assert feddc_step(done_at_kill, 1, 4) == DAISY, done_at_kill
 
     started = json.loads((run / "run.json").read_text())
     resume_experiment(run, progress=False)

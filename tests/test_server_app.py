@@ -27,3 +27,8 @@ def test_train_split_barriers_under_deployment_are_flagged(grid, overrides, warn
     assert (warning is not None) == warns
     if warns:
         assert 'barriers.splits = ["test"]' in warning and "\n" not in warning
+
+
+def test_the_warning_names_the_barrier_aware_split_too():
+    cfg = load_config(None, ["strategy.name=barrier-aware"])
+    assert 'strategy.barrier_split = "test"' in server_data_warning(cfg, DeployedGrid())
