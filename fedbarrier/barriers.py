@@ -401,6 +401,9 @@ def layer_distances(
     _check_inputs(states, groups)
     average = average_states(states, weights)
     references = [reference] * len(states) if isinstance(reference, Mapping) else reference
+    sent_alike: dict[int, list[int]] = {}  # clients sent the same model: one product per scope
+    for i, ref in enumerate(references or []):
+        sent_alike.setdefault(id(ref), []).append(i)
     out: dict[str, dict[str, Any]] = {}
     scopes = {**{layer: list(keys) for layer, keys in groups.items()},
               "model": [k for keys in groups.values() for k in keys]}
@@ -409,9 +412,6 @@ def layer_distances(
         out[scope] = _distances(rows, _flat(average, keys))
         if references is not None:
             drift: list[float | None] = [None] * len(rows)
-            sent_alike: dict[int, list[int]] = {}  # clients sent the same model, in one product
-            for i, ref in enumerate(references):
-                sent_alike.setdefault(id(ref), []).append(i)
             for clients in sent_alike.values():
                 ref = references[clients[0]]
                 if all(k in ref for k in keys):

@@ -45,16 +45,15 @@ SHARED_LAYERS = "shared-layers"  # config key: layers a partial-sharing strategy
 
 
 class _OrderedGrid:
-    """A view of a Grid whose ``get_node_ids`` lists nodes by partition id."""
+    """A view of a Grid whose ``get_node_ids`` lists nodes by partition id (unknown nodes by
+    their node id)."""
 
-    def __init__(self, grid: Grid, order: Callable[[int], int],
-                 partition_of: Mapping[int, int] | None = None) -> None:
+    def __init__(self, grid: Grid, partition_of: Mapping[int, int]) -> None:
         self._grid = grid
-        self._order = order
-        self._partition_of = partition_of or {}
+        self._partition_of = partition_of
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self._grid.get_node_ids(), key=self._order)
+        return sorted(self._grid.get_node_ids(), key=lambda n: self._partition_of.get(n, n))
 
     def partition_id(self, node_id: int) -> int | None:
         """The partition (client) id of a node (None if unknown): strategies that keep
@@ -161,7 +160,7 @@ class Instrumented(Strategy):
         return self.partition_of.get(node_id, node_id)
 
     def _grid(self, grid: Grid) -> Grid:
-        return _OrderedGrid(grid, self._pid, self.partition_of)  # type: ignore[return-value]
+        return _OrderedGrid(grid, self.partition_of)  # type: ignore[return-value]
 
     def _reply_pid(self, msg: Message) -> int:
         content = msg.content if msg.has_content() else None
