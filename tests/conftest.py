@@ -1,4 +1,5 @@
-"""Shared test setup: no telemetry, tiny generated data, a fake grid, and no Ray left behind."""
+"""Shared test setup: no telemetry, tiny generated data, a fake grid and replies, and no Ray
+left behind."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ class FakeGrid:
 
     def get_node_ids(self):
         return list(self.ids)
+
+
+def reply(node, pid, state, metrics):
+    """A client's train reply from node ``node`` as fedbarrier's ClientApp builds it."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    request = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics),
+                               "client": ConfigRecord({"partition-id": pid})}), reply_to=request)
 
 
 @pytest.fixture

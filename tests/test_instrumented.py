@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedbarrier.barriers import layer_distances
 from fedbarrier.hook import ClientModels, RoundHook
 from fedbarrier.instrumented import Instrumented
 from strategies.layerwise import LayerwiseFedAvg
-from tests.conftest import FakeGrid
+from tests.conftest import FakeGrid, reply
 
 
 class Records(RoundHook):
@@ -74,12 +74,6 @@ class Capture(RoundHook):
         self.models = models
 
 
-def train_reply(request: Message, pid: int, state: dict[str, torch.Tensor]) -> Message:
-    return Message(RecordDict({"arrays": ArrayRecord(state),
-                               "metrics": MetricRecord({"num-examples": 10}),
-                               "client": ConfigRecord({"partition-id": pid})}), reply_to=request)
-
-
 GROUPS = {"a": ["a.weight"], "b": ["b.weight"]}
 
 
@@ -87,10 +81,9 @@ def one_round(inner, clients: list[dict[str, torch.Tensor]]) -> ClientModels:
     capture = Capture()
     strategy = Instrumented(inner, [capture], partition_of={7: 0, 9: 1})
     start = ArrayRecord({"a.weight": torch.zeros(2), "b.weight": torch.zeros(2)})
-    requests = list(strategy.configure_train(1, start, ConfigRecord(), FakeGrid([9, 7])))
-    by_node = {m.metadata.dst_node_id: m for m in requests}
-    strategy.aggregate_train(1, [train_reply(by_node[7], 0, clients[0]),
-                                 train_reply(by_node[9], 1, clients[1])])
+    list(strategy.configure_train(1, start, ConfigRecord(), FakeGrid([9, 7])))
+    strategy.aggregate_train(1, [reply(7, 0, clients[0], {"num-examples": 10}),
+                                 reply(9, 1, clients[1], {"num-examples": 10})])
     return capture.models
 
 

@@ -20,9 +20,9 @@ from fedbarrier.config import load_config
 from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.dynamic import DynamicAveraging, should_sync
-from tests.conftest import TINY, FakeGrid
+from tests.conftest import TINY, FakeGrid, reply
 from tests.strategies.replay import assert_same_model, replay_round
-from tests.strategies.test_feddc import GROUPS, model, reply, value_of
+from tests.strategies.test_feddc import GROUPS, model, value_of
 
 
 def test_sync_when_some_client_violates_its_condition():

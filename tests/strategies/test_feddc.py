@@ -1,7 +1,7 @@
 """FedDC (federated daisy-chaining): the schedule, the hand-over, what travels each round, and a
 real federation whose daisy-chained models are checked against replayed local training.
 
-Also holds the message helpers the other scheme tests import (reply, model, value_of).
+Also holds the model helpers the other scheme tests import (model, value_of).
 """
 
 from __future__ import annotations
@@ -11,25 +11,18 @@ import random
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 
 from fedbarrier.config import load_config
 from fedbarrier.instrumented import SHARED_LAYERS
 from fedbarrier.records import RunDir
 from strategies import build_strategy
 from strategies.feddc import AVERAGE, COMMON, DAISY, KEEP, FedDC, daisy_chain, feddc_step
-from tests.conftest import TINY, FakeGrid
+from tests.conftest import TINY, FakeGrid, reply
 from tests.strategies.replay import assert_same_model, replay_round
 
 GROUPS = {"conv": ["conv.weight"], "fc": ["fc.weight", "fc.bias"]}
 KEYS = [k for keys in GROUPS.values() for k in keys]
-
-
-def reply(node, pid, state, metrics):
-    """A client's train reply as fedbarrier's ClientApp builds it."""
-    request = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics),
-                               "client": ConfigRecord({"partition-id": pid})}), reply_to=request)
 
 
 def model(value):

@@ -14,8 +14,7 @@ from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
 from strategies import build_strategy
 from strategies.radon import RadonMachine, iterated_radon_point, radon_height, radon_point
-from tests.conftest import TINY, FakeGrid
-from tests.strategies.test_feddc import reply
+from tests.conftest import TINY, FakeGrid, reply
 
 LINEAR = {"fc": ["fc.weight", "fc.bias"]}
 
