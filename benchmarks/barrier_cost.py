@@ -3,7 +3,7 @@
 Lower bound = (number of distinct models a measurement scores) x (time of one plain forward pass
 of the model over the same data sample, `model(x)` in eval/inference mode, in whichever memory
 format, contiguous or channels-last, is faster). The hook's time is
-that of `fedbarrier.hook.measure_record`, the exact function the server-side hook runs.
+that of `fedbarrier.measure.hook.measure_record`, the exact function the server-side hook runs.
 Targets (issue "Barrier instrumentation"): <= 1.2x the bound without activation sharing, < 1.0x
 with it for sequential models.
 
@@ -19,9 +19,9 @@ import time
 import torch
 
 from fedbarrier.config import BarrierConfig
-from fedbarrier.hook import measure_record
-from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.models import build_model
+from fedbarrier.learn.models import build_model
+from fedbarrier.measure.hook import measure_record
+from fedbarrier.measure.layers import layer_groups, model_stages
 
 
 def _best_of(fn, repeats: int) -> float:

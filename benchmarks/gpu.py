@@ -22,8 +22,8 @@ import torch
 from benchmarks.peak import PeakSampler
 from benchmarks.round_overhead import WORKLOAD, fedbarrier_run, plain_loop, steady
 from fedbarrier.config import load_config
-from fedbarrier.federation import federation
-from fedbarrier.simulation import off_main_thread
+from fedbarrier.data.federation import federation
+from fedbarrier.fl.simulation import off_main_thread
 
 
 class PeakGPUMemory(PeakSampler):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from benchmarks.round_overhead import fedbarrier_run
 from fedbarrier.config import load_config
-from fedbarrier.federation import federation
-from fedbarrier.simulation import off_main_thread
+from fedbarrier.data.federation import federation
+from fedbarrier.fl.simulation import off_main_thread
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml"
 

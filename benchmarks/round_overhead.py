@@ -7,7 +7,7 @@ on the global test set. Barriers are off (their cost is measured by `barrier_cos
 separately here as the quickstart's hook overhead).
 
 The plain loop trains the clients one after another with the same seeds, steps and learning rates
-(`fedbarrier.task.train`), averages like FedAvg and evaluates the same data. Both run on the same
+(`fedbarrier.learn.local.train`), averages like FedAvg and evaluates the same data. Both run on the same
 machine in the same invocation; the table prints ratios.
 
     python -m benchmarks.round_overhead [--rounds 20] [--repeats 2]
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from fedbarrier.build import initial_model
 from fedbarrier.config import Config, load_config
-from fedbarrier.federation import federation
-from fedbarrier.simulation import off_main_thread
-from fedbarrier.task import derive_seed, evaluate, lr_at, train
+from fedbarrier.data.federation import federation
+from fedbarrier.fl.simulation import off_main_thread
+from fedbarrier.learn.local import derive_seed, evaluate, lr_at, train
+from fedbarrier.runtime.build import initial_model
 
 WORKLOAD = [
     "data.dataset=synthetic", "data.synthetic_shape=[3, 32, 32]", "data.synthetic_classes=10",
@@ -76,7 +76,7 @@ def plain_loop(cfg: Config, device: torch.device | str = "cpu") -> list[float]:
 
 def fedbarrier_run(cfg: Config) -> tuple[list[float], float]:
     """Seconds per round (from metrics.jsonl) and the whole run's seconds, start-up included."""
-    from fedbarrier.simulation import run_experiment
+    from fedbarrier.fl.simulation import run_experiment
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     plain_rounds, plain_totals, fb_rounds, fb_totals = [], [], [], []
     for _ in range(args.repeats):
         # Both sides run their torch work off the main thread, as `fedbarrier run` does (see
-        # fedbarrier.simulation.off_main_thread): a leftover OpenMP team slows the other side.
+        # fedbarrier.fl.simulation.off_main_thread): a leftover OpenMP team slows the other side.
         start = time.perf_counter()
         plain_rounds.append(steady(off_main_thread(lambda: plain_loop(cfg))))
         plain_totals.append(time.perf_counter() - start)

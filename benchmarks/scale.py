@@ -21,7 +21,7 @@ import psutil
 
 from benchmarks.peak import PeakSampler
 from fedbarrier.config import load_config
-from fedbarrier.simulation import run_experiment
+from fedbarrier.fl.simulation import run_experiment
 
 
 class PeakRSS(PeakSampler):

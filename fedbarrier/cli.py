@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fedbarrier.config import describe, load_config
 from fedbarrier.errors import RunAborted, UserError
-from fedbarrier.process_tuning import freeze_heap
+from fedbarrier.runtime.process_tuning import freeze_heap
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedbarrier.simulation import resume_experiment, run_experiment
+    from fedbarrier.fl.simulation import resume_experiment, run_experiment
 
     if args.resume:
         check = load_config(args.config, args.overrides) if args.config else None
@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_partitions(args: argparse.Namespace) -> int:
-    from fedbarrier.federation import federation
+    from fedbarrier.data.federation import federation
     from fedbarrier.plots.partitions import plot_partition_counts
 
     cfg = load_config(args.config, args.overrides)
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console() -> None:
     """The ``fedbarrier`` executable: :func:`main`, then exit without the interpreter's final
     garbage collection over torch's, Flower's and Ray's objects (~1.5 s; see
-    :func:`fedbarrier.process_tuning.freeze_heap`). In-process callers use :func:`main`."""
+    :func:`fedbarrier.runtime.process_tuning.freeze_heap`). In-process callers use :func:`main`."""
     code = main()
     freeze_heap()
     sys.exit(code)

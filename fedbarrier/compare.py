@@ -21,7 +21,7 @@ import numpy as np
 
 from fedbarrier.config import Config
 from fedbarrier.errors import UserError
-from fedbarrier.records import RunDir, read_jsonl, write_atomic
+from fedbarrier.runtime.rundir import RunDir, read_jsonl, write_atomic
 
 COLUMNS = [
     ("final personalized acc (%)", "final_local"),
@@ -88,8 +88,8 @@ def summarize(runs: dict[str, list[Path]]) -> tuple[str, str]:
 def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: Path, *,
             force: bool = False, progress: bool = True) -> dict[str, list[Path]]:
     """Run every strategy for every seed, then write the table and the comparison plots."""
+    from fedbarrier.fl.simulation import preflight, run_experiment
     from fedbarrier.plots.compare import plot_comparison
-    from fedbarrier.simulation import preflight, run_experiment
 
     if not strategies:
         raise UserError("--strategies needs at least one strategy name")

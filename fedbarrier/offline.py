@@ -1,6 +1,6 @@
 """``fedbarrier barriers``: measure saved models (e.g. a run's client checkpoints) offline.
 
-Uses the same measurement as the server-side hook (:func:`fedbarrier.hook.measure_record`), on
+Uses the same measurement as the server-side hook (:func:`fedbarrier.measure.hook.measure_record`), on
 the data the config names: ``test`` = the global test set, ``train`` = the union of every
 client's local training data.
 """
@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from fedbarrier.build import initial_model
 from fedbarrier.config import Config
+from fedbarrier.data.federation import federation, server_sample
 from fedbarrier.errors import UserError
-from fedbarrier.federation import federation, server_sample
-from fedbarrier.hook import measure_record
-from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.task import resolve_device
+from fedbarrier.learn.local import resolve_device
+from fedbarrier.measure.hook import measure_record
+from fedbarrier.measure.layers import layer_groups, model_stages
+from fedbarrier.runtime.build import initial_model
 
 
 def load_checkpoint(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

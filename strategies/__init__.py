@@ -2,7 +2,7 @@
 
 A strategy is a Flower ``Strategy`` (usually a small ``FedAvg`` subclass overriding one or two
 hooks, as Flower's own FedProx does). ``build_strategy`` turns the config into one; the barrier
-hook is attached around it by ``fedbarrier.instrumented.Instrumented``, so every strategy gets
+hook is attached around it by ``fedbarrier.fl.adapter.Instrumented``, so every strategy gets
 barrier measurement without knowing about it.
 
 Names: ``fedavg``, ``fedper``, ``lg-fedavg``, ``shallow:K``, ``deep:K``, ``layers`` (with
@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedbarrier.config import StrategyConfig
 from fedbarrier.errors import UserError
-from fedbarrier.layers import LayerGroups, select_layers
+from fedbarrier.measure.layers import LayerGroups, select_layers
 from strategies.barrier_aware import BarrierAwareFedAvg
 from strategies.dynamic import DynamicAveraging
 from strategies.feddc import FedDC

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedbarrier.layers import LayerGroups
+from fedbarrier.measure.layers import LayerGroups
 from strategies.layerwise import LayerwiseFedAvg
 
 

@@ -36,8 +36,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.client_app import DIVERGENCE
-from fedbarrier.layers import LayerGroups
+from fedbarrier.fl.client_app import DIVERGENCE
+from fedbarrier.measure.layers import LayerGroups
 from strategies.feddc import whole_or_nothing
 
 

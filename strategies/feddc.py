@@ -43,8 +43,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.instrumented import CLIENT_RECORD, PARTITION_ID, SHARED_LAYERS
-from fedbarrier.layers import LayerGroups
+from fedbarrier.fl.adapter import CLIENT_RECORD, PARTITION_ID, SHARED_LAYERS
+from fedbarrier.measure.layers import LayerGroups
 
 KEEP, DAISY, AVERAGE = 0, 1, 2  # feddc_step codes
 COMMON = -1  # feddc_model_from: the initial model or an average

@@ -26,8 +26,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.instrumented import SHARED_LAYERS
-from fedbarrier.layers import LayerGroups
+from fedbarrier.fl.adapter import SHARED_LAYERS
+from fedbarrier.measure.layers import LayerGroups
 
 
 class LayerwiseFedAvg(FedAvg):

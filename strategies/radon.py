@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedbarrier.errors import UserError
-from fedbarrier.layers import LayerGroups
+from fedbarrier.measure.layers import LayerGroups
 
 
 def radon_point(points: np.ndarray) -> np.ndarray:

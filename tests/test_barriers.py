@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedbarrier.barriers import (
+from fedbarrier.measure.barriers import (
     average_states,
     interpolate,
     layer_distances,

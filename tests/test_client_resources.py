@@ -6,7 +6,7 @@ import pytest
 
 from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
-from fedbarrier.simulation import GPU_MEMORY_PER_CLIENT, backend_config, client_gpu_share
+from fedbarrier.fl.simulation import GPU_MEMORY_PER_CLIENT, backend_config, client_gpu_share
 
 GIB = 2**30
 
@@ -60,7 +60,7 @@ def test_bad_shares_are_refused(value, message):
 
 
 def test_simulated_clients_use_the_gpu_ray_assigned():
-    from fedbarrier.client_app import client_device_spec
+    from fedbarrier.fl.client_app import client_device_spec
 
     # Ray renumbers a client's assigned GPU as cuda:0; outside Ray (a SuperNode) cuda:N stands
     assert client_device_spec("cuda:1", in_ray_worker=True) == "cuda"

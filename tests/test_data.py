@@ -1,4 +1,4 @@
-"""Tests for fedbarrier.data: every loader, the file formats, caching and the one-line errors."""
+"""Tests for fedbarrier.data.datasets: every loader, the file formats, caching and the one-line errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedbarrier import data
-from fedbarrier.data import (
+from fedbarrier.data import datasets as data
+from fedbarrier.data.datasets import (
     DATASETS,
     NORMALIZATION,
     DatasetSplits,

@@ -15,16 +15,16 @@ import time
 
 import pytest
 
-from fedbarrier import engine_latency
+from fedbarrier.runtime import engine_patches as engine_latency
 from fedbarrier.config import load_config
-from fedbarrier.engine_latency import (
+from fedbarrier.fl.simulation import run_experiment, scratch_root
+from fedbarrier.runtime.engine_patches import (
     ShortWaitQueue,
     dispatch_messages,
     fast_dispatch,
     stop_autoscaler_monitor,
     supported,
 )
-from fedbarrier.simulation import run_experiment, scratch_root
 from tests.conftest import TINY
 
 

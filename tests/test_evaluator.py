@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedbarrier.barriers import measure_barriers
-from fedbarrier.evaluator import ModelEvaluator
-from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.models import build_model
+from fedbarrier.learn.models import build_model
+from fedbarrier.measure.barriers import measure_barriers
+from fedbarrier.measure.evaluator import ModelEvaluator
+from fedbarrier.measure.layers import layer_groups, model_stages
 
 
 def plain_scores(model, states, x, y):

@@ -9,10 +9,10 @@ import torch
 from flwr.app import Array, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedbarrier.client_app import CLIENTS_DIR, client_evaluate, client_query, client_train
 from fedbarrier.config import load_config
 from fedbarrier.errors import RunAborted
-from fedbarrier.simulation import run_experiment
+from fedbarrier.fl.client_app import CLIENTS_DIR, client_evaluate, client_query, client_train
+from fedbarrier.fl.simulation import run_experiment
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

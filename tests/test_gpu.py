@@ -12,11 +12,11 @@ import torch
 
 from benchmarks.gpu import PeakGPUMemory
 from fedbarrier.config import load_config
-from fedbarrier.evaluator import ModelEvaluator
-from fedbarrier.layers import model_stages
-from fedbarrier.models import build_model
-from fedbarrier.simulation import run_experiment
-from fedbarrier.task import train
+from fedbarrier.fl.simulation import run_experiment
+from fedbarrier.learn.local import train
+from fedbarrier.learn.models import build_model
+from fedbarrier.measure.evaluator import ModelEvaluator
+from fedbarrier.measure.layers import model_stages
 from tests.test_evaluator import client_states
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedbarrier.config import BarrierConfig
-from fedbarrier.hook import BarrierHook, ClientModels
-from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.models import build_model
+from fedbarrier.learn.models import build_model
+from fedbarrier.measure.hook import BarrierHook, ClientModels
+from fedbarrier.measure.layers import layer_groups, model_stages
 
 SHAPE = (1, 8, 8)
 

@@ -11,9 +11,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.barriers import layer_distances
-from fedbarrier.hook import ClientModels, RoundHook
-from fedbarrier.instrumented import Instrumented
+from fedbarrier.fl.adapter import Instrumented
+from fedbarrier.measure.barriers import layer_distances
+from fedbarrier.measure.hook import ClientModels, RoundHook
 from strategies.layerwise import LayerwiseFedAvg
 from tests.conftest import FakeGrid, reply
 

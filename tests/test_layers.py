@@ -9,7 +9,8 @@ from torch import nn
 from torch.func import functional_call
 
 from fedbarrier.errors import UserError
-from fedbarrier.layers import (
+from fedbarrier.learn.models import MODELS, build_model
+from fedbarrier.measure.layers import (
     LayerGroups,
     Stage,
     layer_groups,
@@ -17,7 +18,6 @@ from fedbarrier.layers import (
     model_stages,
     select_layers,
 )
-from fedbarrier.models import MODELS, build_model
 
 DIGITS = (1, 8, 8)
 FASHION = (1, 28, 28)

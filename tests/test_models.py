@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedbarrier.errors import UserError
-from fedbarrier.models import MODELS, build_model
+from fedbarrier.learn.models import MODELS, build_model
 
 DIGITS = (1, 8, 8)
 FASHION = (1, 28, 28)

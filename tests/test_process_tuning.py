@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from fedbarrier.process_tuning import frozen_heap
+from fedbarrier.runtime.process_tuning import frozen_heap
 
 
 def test_frozen_heap_gives_objects_back_to_the_collector() -> None:
@@ -32,7 +32,7 @@ def test_frozen_heap_keeps_what_the_caller_had_frozen() -> None:
 def test_freeze_heap_once_freezes_only_the_first_time() -> None:
     script = textwrap.dedent("""
         import gc
-        from fedbarrier.process_tuning import freeze_heap_once
+        from fedbarrier.runtime.process_tuning import freeze_heap_once
         freeze_heap_once()
         first = gc.get_freeze_count()
         later = [[i] for i in range(1000)]  # tracked objects created after the first call
@@ -50,7 +50,7 @@ def test_a_frozen_heap_makes_the_final_collection_skip_startup_objects() -> None
     created after the freeze (the timing itself is a benchmark, not a test)."""
     script = textwrap.dedent("""
         import gc, sys
-        from fedbarrier.process_tuning import freeze_heap
+        from fedbarrier.runtime.process_tuning import freeze_heap
         junk = [[i] for i in range(100_000)]
         if sys.argv[1] == "on":
             freeze_heap()

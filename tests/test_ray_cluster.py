@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedbarrier.config import load_config
-from fedbarrier.simulation import run_experiment
+from fedbarrier.fl.simulation import run_experiment
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedbarrier.errors import UserError
-from fedbarrier.records import RunDir, append_jsonl, read_jsonl
+from fedbarrier.runtime.rundir import RunDir, append_jsonl, read_jsonl
 
 
 def test_force_replaces_every_trace_of_the_previous_run(tmp_path):

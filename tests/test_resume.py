@@ -16,7 +16,7 @@ import pytest
 
 from fedbarrier.config import load_config, to_toml
 from fedbarrier.errors import UserError
-from fedbarrier.simulation import resume_experiment, run_experiment
+from fedbarrier.fl.simulation import resume_experiment, run_experiment
 from strategies.feddc import DAISY, feddc_step
 from tests.conftest import TINY
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedbarrier.scratch import OWNER, make_scratch
+from fedbarrier.runtime.scratch import OWNER, make_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def _folder(root: Path, name: str, owner: bool) -> Path:
 def _run_holding_a_scratch(root: Path, prefix: tuple[str, ...] = ()
                            ) -> tuple[subprocess.Popen, Path]:
     """Another process (as another run would) that makes a scratch folder and stays alive."""
-    code = ("import sys, time; from fedbarrier.scratch import make_scratch; "
+    code = ("import sys, time; from fedbarrier.runtime.scratch import make_scratch; "
             f"s = make_scratch({str(root)!r}); print(s.name, flush=True); time.sleep(60)")
     proc = subprocess.Popen([*prefix, sys.executable, "-c", code], stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

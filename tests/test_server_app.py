@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedbarrier.config import load_config
-from fedbarrier.server_app import server_data_warning
+from fedbarrier.fl.server_app import server_data_warning
 
 
 class DeployedGrid:  # Flower's HTTP grid: no in-process message queue to poll

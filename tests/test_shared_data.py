@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import fedbarrier.federation as fedmod
+import fedbarrier.data.federation as fedmod
 from fedbarrier.config import load_config
-from fedbarrier.data import load_dataset
-from fedbarrier.federation import federation, share_data, use_shared_data
-from fedbarrier.shared_data import read_splits, write_splits
+from fedbarrier.data.datasets import load_dataset
+from fedbarrier.data.federation import federation, share_data, use_shared_data
+from fedbarrier.data.shared import read_splits, write_splits
 from tests.conftest import TINY
 
 
@@ -82,9 +82,9 @@ def test_keep_freed_memory_stops_page_faults_in_training() -> None:
     every batch unless freed blocks are kept (2,500-15,000 faults per epoch here without)."""
     script = textwrap.dedent("""
         import resource, sys, torch
-        from fedbarrier.models import build_model
-        from fedbarrier.process_tuning import keep_freed_memory
-        from fedbarrier.task import train
+        from fedbarrier.learn.models import build_model
+        from fedbarrier.runtime.process_tuning import keep_freed_memory
+        from fedbarrier.learn.local import train
         if sys.argv[1] == "on":
             keep_freed_memory()
         torch.set_num_threads(1)

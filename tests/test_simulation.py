@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedbarrier import simulation
-from fedbarrier.build import initial_model
+from fedbarrier.fl import simulation
 from fedbarrier.config import load_config
-from fedbarrier.federation import federation, server_sample
-from fedbarrier.layers import layer_groups
-from fedbarrier.simulation import run_experiment
+from fedbarrier.data.federation import federation, server_sample
+from fedbarrier.fl.simulation import run_experiment
+from fedbarrier.measure.layers import layer_groups
+from fedbarrier.runtime.build import initial_model
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

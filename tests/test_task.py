@@ -7,9 +7,9 @@ import torch
 
 from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
-from fedbarrier.evaluator import ModelEvaluator
-from fedbarrier.models import build_model
-from fedbarrier.task import AUTO_EVAL_BATCH_VALUES, eval_batch_size, evaluate
+from fedbarrier.learn.local import AUTO_EVAL_BATCH_VALUES, eval_batch_size, evaluate
+from fedbarrier.learn.models import build_model
+from fedbarrier.measure.evaluator import ModelEvaluator
 
 
 @pytest.mark.parametrize(("shape", "expected"), [

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedbarrier.build import initial_model
 from fedbarrier.config import Config, load_config
+from fedbarrier.data.federation import federation, server_sample
 from fedbarrier.errors import UserError
-from fedbarrier.evaluator import ModelEvaluator
-from fedbarrier.federation import federation, server_sample
-from fedbarrier.layers import Stage, layer_groups, model_stages
+from fedbarrier.learn.local import resolve_device
+from fedbarrier.measure.evaluator import ModelEvaluator
+from fedbarrier.measure.layers import Stage, layer_groups, model_stages
 from fedbarrier.offline import load_checkpoint
-from fedbarrier.records import json_ready  # noqa: F401 (re-exported for the analyses)
-from fedbarrier.task import resolve_device
+from fedbarrier.runtime.build import initial_model
+from fedbarrier.runtime.rundir import json_ready  # noqa: F401 (re-exported for the analyses)
 
 StateDict = Mapping[str, torch.Tensor]
 METRICS = ("loss", "error")
@@ -104,14 +104,14 @@ class RunModels:
     b: dict[str, torch.Tensor]
     model: nn.Module  # the module variants are swapped into
     groups: dict[str, list[str]]  # ordered layers, input to output
-    stages: list[Stage]  # activation-sharing stages (fedbarrier.layers.model_stages)
+    stages: list[Stage]  # activation-sharing stages (fedbarrier.measure.layers.model_stages)
     x: torch.Tensor
     y: torch.Tensor
     split: str
     device: torch.device
 
     def evaluator(self) -> ModelEvaluator:
-        """A :class:`fedbarrier.evaluator.ModelEvaluator` on this run's fixed data sample."""
+        """A :class:`fedbarrier.measure.evaluator.ModelEvaluator` on this run's fixed data sample."""
         return ModelEvaluator(self.model, self.x, self.y, stages=self.stages,
                               share_activations=self.cfg.barriers.share_activations,
                               batch_size=self.cfg.train.eval_batch_size, device=self.device)

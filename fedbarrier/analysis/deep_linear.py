@@ -11,7 +11,7 @@ A = (w₁, w₂) = (2, ½), B = (½, 2). Both endpoints have loss 0, yet
 
 So a barrier along the full path says nothing about single-layer cuts, and a layer-wise barrier can
 be large (2.25) where the loss along the cut has no bump at all. Everything below goes through the
-project's own code (``fedbarrier.barriers.interpolate`` and ``measure_barriers``), so this is also
+project's own code (``fedbarrier.measure.barriers.interpolate`` and ``measure_barriers``), so this is also
 a regression test of that code.
 
     fedbarrier analyze deep-linear [--out DIR] [--points 21] [--json]
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from fedbarrier.analysis import StateDict, json_ready
-from fedbarrier.barriers import interpolate, measure_barriers
 from fedbarrier.errors import UserError
-from fedbarrier.records import write_atomic
+from fedbarrier.measure.barriers import interpolate, measure_barriers
+from fedbarrier.runtime.rundir import write_atomic
 
 X, Y = 1.0, 1.0
 A = (2.0, 0.5)

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from fedbarrier.analysis import METRICS, StateDict, flatten, float_keys, json_ready, load_run, with_vector
-from fedbarrier.barriers import EvaluateMany, interpolate
 from fedbarrier.errors import UserError
-from fedbarrier.records import write_atomic
-from fedbarrier.task import derive_seed
+from fedbarrier.learn.local import derive_seed
+from fedbarrier.measure.barriers import EvaluateMany, interpolate
+from fedbarrier.runtime.rundir import write_atomic
 
 _STREAM = 13  # derive_seed stream of the random directions
 

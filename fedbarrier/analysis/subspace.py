@@ -48,11 +48,11 @@ from fedbarrier.analysis import (
     saved_rounds,
     with_vector,
 )
-from fedbarrier.barriers import EvaluateMany
-from fedbarrier.build import initial_state
 from fedbarrier.errors import UserError
-from fedbarrier.records import write_atomic
-from fedbarrier.task import derive_seed
+from fedbarrier.learn.local import derive_seed
+from fedbarrier.measure.barriers import EvaluateMany
+from fedbarrier.runtime.build import initial_state
+from fedbarrier.runtime.rundir import write_atomic
 
 KINDS = ("training", "null", "interpolation")
 SCALES = ("distance", "absolute")

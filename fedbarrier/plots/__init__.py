@@ -1,6 +1,6 @@
 """Figures for fedbarrier runs, drawn on ``matplotlib.figure.Figure`` (no pyplot state).
 
-``plot_run`` is imported on first use: it reads run records through ``fedbarrier.records``, which
+``plot_run`` is imported on first use: it reads run records through ``fedbarrier.runtime.rundir``, which
 imports torch, and ``fedbarrier.plots.partitions`` should stay importable without that cost.
 """
 

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fedbarrier.plots.run import DIVERGING, _grid, _heatmap, _save, _symmetric_norm
-from fedbarrier.records import read_jsonl
+from fedbarrier.runtime.rundir import read_jsonl
 
 
 def _mean_curve(paths: list[Path], key: str) -> tuple[list[int], np.ndarray] | None:

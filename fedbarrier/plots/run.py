@@ -20,7 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from fedbarrier.records import BARRIERS_FILE, METRICS_FILE, read_jsonl
+from fedbarrier.runtime.rundir import BARRIERS_FILE, METRICS_FILE, read_jsonl
 
 DPI = 120
 ANNOTATE_MAX = 25  # annotate heatmap cells only when both dimensions are at most this

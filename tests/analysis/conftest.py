@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedbarrier.build import initial_state
 from fedbarrier.config import load_config, to_toml
-from fedbarrier.records import save_state_dict
+from fedbarrier.runtime.build import initial_state
+from fedbarrier.runtime.rundir import save_state_dict
 
 # Two clients on generated 1x8x8 images with a narrow CNN (conv1, conv2, fc1, fc2): milliseconds.
 OVERRIDES = [

@@ -1,6 +1,6 @@
 """A user strategy as the README shows it: share only the classifier head."""
 
-from fedbarrier.layers import LayerGroups
+from fedbarrier.measure.layers import LayerGroups
 from strategies.layerwise import LayerwiseFedAvg
 
 

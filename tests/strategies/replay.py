@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedbarrier.build import initial_model
 from fedbarrier.config import Config
-from fedbarrier.federation import federation
-from fedbarrier.task import derive_seed, lr_at, train
+from fedbarrier.data.federation import federation
+from fedbarrier.learn.local import derive_seed, lr_at, train
+from fedbarrier.runtime.build import initial_model
 
 
 def replay_round(cfg: Config, pid: int, start: Mapping[str, torch.Tensor], server_round: int,

@@ -9,15 +9,15 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedbarrier.client_app import (
+from fedbarrier.config import load_config
+from fedbarrier.fl.adapter import SHARED_LAYERS
+from fedbarrier.fl.client_app import (
     DIVERGENCE,
     REFERENCE_STATE,
     received_state,
     reference_model,
     squared_distance,
 )
-from fedbarrier.config import load_config
-from fedbarrier.instrumented import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.dynamic import DynamicAveraging, should_sync
 from tests.conftest import TINY, FakeGrid, reply
@@ -116,9 +116,9 @@ def test_quiet_rounds_continue_local_models_and_a_violation_synchronizes(tmp_pat
     """Δ = 0.7 on TINY: the divergences (max 0.54, 0.55, 0.83) stay below it for two rounds.
     Checked against the checkpoints: quiet rounds continue each client's own model, the reported
     divergence is the distance to the initial model (the reference the clients kept)."""
-    from fedbarrier.build import initial_state
-    from fedbarrier.federation import federation
-    from fedbarrier.simulation import run_experiment
+    from fedbarrier.data.federation import federation
+    from fedbarrier.fl.simulation import run_experiment
+    from fedbarrier.runtime.build import initial_state
 
     cfg = load_config(None, TINY + ["strategy.name=dynamic", "strategy.delta=0.7", "train.rounds=3",
                                     "output.save_client_models=true",

@@ -14,8 +14,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedbarrier.config import load_config
-from fedbarrier.instrumented import SHARED_LAYERS
-from fedbarrier.records import RunDir
+from fedbarrier.fl.adapter import SHARED_LAYERS
+from fedbarrier.runtime.rundir import RunDir
 from strategies import build_strategy
 from strategies.feddc import AVERAGE, COMMON, DAISY, KEEP, FedDC, daisy_chain, feddc_step
 from tests.conftest import TINY, FakeGrid, reply
@@ -169,7 +169,7 @@ def read(path):
 def test_daisy_chained_models_continue_training_on_the_next_client(tmp_path):
     """Round 1 daisy-chains, round 2 averages; each round-2 model is replayed by hand from the
     round-1 model the log says it got."""
-    from fedbarrier.simulation import run_experiment
+    from fedbarrier.fl.simulation import run_experiment
 
     cfg = load_config(None, TINY + ["strategy.name=feddc", "strategy.aggregation_period=2",
                                     "output.save_client_models=true",

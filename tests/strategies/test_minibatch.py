@@ -10,9 +10,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from torch import nn
 
-from fedbarrier.client_app import LOCAL_STEPS
 from fedbarrier.config import load_config
-from fedbarrier.task import train
+from fedbarrier.fl.client_app import LOCAL_STEPS
+from fedbarrier.learn.local import train
 from strategies import build_strategy
 from strategies.minibatch import MinibatchSGD
 from tests.conftest import TINY, FakeGrid
@@ -78,11 +78,11 @@ def test_every_client_is_told_to_take_one_step():
 
 @pytest.mark.slow
 def test_minibatch_sgd_federation_takes_one_step_per_client_and_round(tmp_path):
-    from fedbarrier.build import initial_state
-    from fedbarrier.client_app import _model
-    from fedbarrier.federation import federation
-    from fedbarrier.simulation import run_experiment
-    from fedbarrier.task import derive_seed, lr_at
+    from fedbarrier.data.federation import federation
+    from fedbarrier.fl.client_app import _model
+    from fedbarrier.fl.simulation import run_experiment
+    from fedbarrier.learn.local import derive_seed, lr_at
+    from fedbarrier.runtime.build import initial_state
 
     cfg = load_config(None, TINY + ["strategy.name=minibatch-sgd", "output.save_client_models=true",
                                     "barriers.families=[\"full\"]"])

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from fedbarrier.build import initial_state
 from fedbarrier.config import load_config
-from fedbarrier.simulation import run_experiment
+from fedbarrier.fl.simulation import run_experiment
+from fedbarrier.runtime.build import initial_state
 from tests.conftest import TINY
 from tests.strategies.replay import assert_same_model, replay_round
 

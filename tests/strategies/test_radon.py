@@ -120,7 +120,7 @@ def test_radon_rejects_models_and_client_counts_it_cannot_handle():
 def test_one_shot_radon_machine_of_logistic_regressions(tmp_path):
     """d = (4 + 1) x 2 = 10 parameters: r = 12 clients, h = 1, one round; the global model is the
     Radon point of the 12 saved client models."""
-    from fedbarrier.simulation import run_experiment
+    from fedbarrier.fl.simulation import run_experiment
 
     cfg = load_config(None, TINY + [
         "model.name=linear", "strategy.name=radon", "data.synthetic_shape=[1, 2, 2]",

@@ -8,7 +8,7 @@ only in which tensors sit in which layer. :class:`ModelEvaluator` therefore
   ``torch.func.functional_call``,
 - runs batch-major (every variant sees batch 1, then batch 2, ...), so a batch stays hot, and
 - with ``share_activations``, walks the variants as a prefix tree over the model's *stages*
-  (``fedbarrier.layers.model_stages``): variants that use the same tensors for their first
+  (``fedbarrier.measure.layers.model_stages``): variants that use the same tensors for their first
   stages share those stages' activations, which are computed once. Per-layer and deep
   cumulative variants share everything below the changed layer with their default client's
   model, and shallow cumulative variants share their prefix with the full average.
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedbarrier.layers import Stage
-from fedbarrier.task import eval_batch_size
+from fedbarrier.learn.local import eval_batch_size
+from fedbarrier.measure.layers import Stage
 
 StateDict = Mapping[str, torch.Tensor]
 

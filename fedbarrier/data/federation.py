@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from fedbarrier.config import DataConfig
-from fedbarrier.data import DatasetSplits, ImageDataset, SyntheticSpec, load_dataset
+from fedbarrier.data.datasets import DatasetSplits, ImageDataset, SyntheticSpec, load_dataset
+from fedbarrier.data.shared import read_splits, write_splits
 from fedbarrier.errors import UserError
-from fedbarrier.shared_data import read_splits, write_splits
-from fedbarrier.task import derive_seed
+from fedbarrier.learn.local import derive_seed
 from partitions import PartitionStats, partition_labels, partition_stats, split_train_test
 
 # Stream ids for derive_seed, so that partitions, splits and samples never share random numbers.
@@ -78,7 +78,7 @@ _shared_folder: Path | None = None
 
 def use_shared_data(folder: Path | None) -> None:
     """Let this process map the dataset another process wrote to ``folder`` with
-    :func:`share_data` instead of loading it (see :mod:`fedbarrier.shared_data`); None: load.
+    :func:`share_data` instead of loading it (see :mod:`fedbarrier.data.shared`); None: load.
 
     Only where the data comes from changes, never what it is: the folder's manifest must name the
     same dataset, or the process loads it itself.

@@ -35,8 +35,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedbarrier.errors import RunAborted
-from fedbarrier.hook import ClientModels, RoundHook
-from fedbarrier.task import derive_seed
+from fedbarrier.learn.local import derive_seed
+from fedbarrier.measure.hook import ClientModels, RoundHook
 
 CLIENT_RECORD = "client"  # reply ConfigRecord carrying the client's partition id
 PARTITION_ID = "partition-id"

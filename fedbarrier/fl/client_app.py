@@ -16,14 +16,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedbarrier.build import initial_state
-from fedbarrier.client_store import ClientStore
 from fedbarrier.config import Config, ModelConfig, load_config
-from fedbarrier.federation import federation, use_shared_data
-from fedbarrier.instrumented import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
-from fedbarrier.models import build_model
-from fedbarrier.process_tuning import freeze_heap_once, keep_freed_memory
-from fedbarrier.task import derive_seed, evaluate, lr_at, resolve_device, train
+from fedbarrier.data.federation import federation, use_shared_data
+from fedbarrier.fl.adapter import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
+from fedbarrier.fl.client_store import ClientStore
+from fedbarrier.learn.local import derive_seed, evaluate, lr_at, resolve_device, train
+from fedbarrier.learn.models import build_model
+from fedbarrier.runtime.build import initial_state
+from fedbarrier.runtime.process_tuning import freeze_heap_once, keep_freed_memory
 
 ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
 CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
@@ -179,7 +179,7 @@ def make_client_app(cfg: Config | None = None, store_root: Path | None = None,
     """A ClientApp for ``cfg`` whose clients keep their state under ``store_root``.
 
     Without arguments (``flwr run``) both come from the run config. ``shared_data``: a folder
-    where the driver wrote the dataset (:func:`fedbarrier.federation.share_data`), so that
+    where the driver wrote the dataset (:func:`fedbarrier.data.federation.share_data`), so that
     clients in other processes map it instead of loading it.
     """
     app = ClientApp()

@@ -2,12 +2,12 @@
 
 Everything here follows ``shared/docs/BARRIERS.md`` (the contract) and reduces to the two-model
 formulas of "Layer-wise Linear Mode Connectivity" (Adilova et al., ICLR 2024, arXiv 2307.06966)
-for K = 2 and p = (1/2, 1/2). No Flower, no I/O: the hook (``fedbarrier.hook``) feeds these
+for K = 2 and p = (1/2, 1/2). No Flower, no I/O: the hook (``fedbarrier.measure.hook``) feeds these
 functions with the clients' models and the server's data.
 
 The work is split the way loss-landscapes splits it: *which models* (this module builds named
 variants: endpoints, averages, layer mixtures, interpolations), *how a model is scored* (an
-``evaluate_many`` callable, see ``fedbarrier.evaluator``) and *what the numbers mean* (barriers
+``evaluate_many`` callable, see ``fedbarrier.measure.evaluator``) and *what the numbers mean* (barriers
 computed from the scored variants). Every scored variant is kept (``BarrierResult.evaluated``) so
 any barrier can be recomputed from a record.
 

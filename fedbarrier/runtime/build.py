@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from fedbarrier.config import Config
-from fedbarrier.federation import Federation, federation
-from fedbarrier.layers import LayerGroups, layer_groups
-from fedbarrier.models import build_model
-from fedbarrier.task import derive_seed
+from fedbarrier.data.federation import Federation, federation
+from fedbarrier.learn.local import derive_seed
+from fedbarrier.learn.models import build_model
+from fedbarrier.measure.layers import LayerGroups, layer_groups
 
 _INIT = 5  # derive_seed stream for initializations
 

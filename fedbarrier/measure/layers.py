@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from fedbarrier.errors import UserError
-from fedbarrier.models import VGG
+from fedbarrier.learn.models import VGG
 
 LayerGroups = dict[str, list[str]]
 """Ordered ``{layer name: [state-dict keys]}``; insertion order is forward order."""
@@ -209,7 +209,7 @@ def model_stages(model: nn.Module) -> list[Stage]:
       joining the stage before them (leading ones the first stage).
     - torchvision ``ResNet``: ``stem`` (conv1, bn1, relu, maxpool), one stage per residual block
       (``layer1.0``, prefix ``'layer1.0.'``, ...), and ``head`` (avgpool, flatten, fc).
-    - :class:`fedbarrier.models.VGG`: one stage per conv (with its relu/pool; the last one also
+    - :class:`fedbarrier.learn.models.VGG`: one stage per conv (with its relu/pool; the last one also
       takes avgpool and flatten), one per classifier linear layer (with its relu/dropout).
     - Any other model: one stage ``model`` wrapping it whole (correct, but nothing is shared).
 

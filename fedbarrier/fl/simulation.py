@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedbarrier.config import Config, load_config, to_dict, to_toml
-from fedbarrier.engine_latency import fast_dispatch, stop_autoscaler_monitor
+from fedbarrier.data.federation import federation, share_data
 from fedbarrier.errors import UserError
-from fedbarrier.federation import federation, share_data
-from fedbarrier.process_tuning import frozen_heap
-from fedbarrier.records import RunDir, environment_info
-from fedbarrier.scratch import make_scratch
+from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
+from fedbarrier.runtime.process_tuning import frozen_heap
+from fedbarrier.runtime.rundir import RunDir, environment_info
+from fedbarrier.runtime.scratch import make_scratch
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ def preflight(cfg: Config) -> None:
     """Load data, partition it and build the model and strategy once, raising UserError on bad
     input. A strategy with a ``check_model(shapes)`` method (e.g. the Radon machine, which needs
     more clients than the model has parameters) checks the model here, before anything is written."""
-    from fedbarrier.build import initial_state, model_layers
+    from fedbarrier.runtime.build import initial_state, model_layers
     from strategies import build_strategy
 
     with _flower_logs(logging.WARNING):
@@ -262,8 +262,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     import ray
     from flwr.simulation import run_simulation
 
-    from fedbarrier.client_app import CLIENTS_DIR, make_client_app
-    from fedbarrier.server_app import make_server_app
+    from fedbarrier.fl.client_app import CLIENTS_DIR, make_client_app
+    from fedbarrier.fl.server_app import make_server_app
 
     # The run's scratch folder: Ray's session files and the dataset shared with the workers.
     scratch = make_scratch(scratch_root())  # after removing those of killed runs

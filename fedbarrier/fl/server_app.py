@@ -15,15 +15,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedbarrier.build import initial_model
-from fedbarrier.client_app import config_from_context, out_from_context
 from fedbarrier.config import Config
-from fedbarrier.federation import federation, server_sample
-from fedbarrier.hook import BarrierHook, CheckpointHook, MetricsRecorder, ProgressPrinter, RoundHook
-from fedbarrier.instrumented import CLIENT_RECORD, PARTITION_ID, Instrumented
-from fedbarrier.layers import layer_groups, model_stages
-from fedbarrier.records import RunDir, save_state_dict
-from fedbarrier.task import evaluate, resolve_device
+from fedbarrier.data.federation import federation, server_sample
+from fedbarrier.fl.adapter import CLIENT_RECORD, PARTITION_ID, Instrumented
+from fedbarrier.fl.client_app import config_from_context, out_from_context
+from fedbarrier.learn.local import evaluate, resolve_device
+from fedbarrier.measure.hook import BarrierHook, CheckpointHook, MetricsRecorder, ProgressPrinter, RoundHook
+from fedbarrier.measure.layers import layer_groups, model_stages
+from fedbarrier.runtime.build import initial_model
+from fedbarrier.runtime.rundir import RunDir, save_state_dict
 from strategies import build_strategy
 
 
@@ -175,7 +175,7 @@ app = ServerApp()
 @app.main()
 def _main(grid: Grid, context: Context) -> None:
     """Entry point for `flwr run .`: config and output folder come from the run config."""
-    from fedbarrier.simulation import prepare_run
+    from fedbarrier.fl.simulation import prepare_run
 
     cfg = config_from_context(context)
     if (warning := server_data_warning(cfg, grid)) is not None:

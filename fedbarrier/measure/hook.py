@@ -1,6 +1,6 @@
 """Round hooks: measurement and recording as separate objects, not strategy code.
 
-A hook (pfl-research style) has no-op methods that :class:`fedbarrier.instrumented.Instrumented`
+A hook (pfl-research style) has no-op methods that :class:`fedbarrier.fl.adapter.Instrumented`
 calls around any Flower strategy:
 
 - ``before_aggregation(models)``: the clients' returned models, *before* the strategy aggregates
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbarrier.barriers import layer_distances, measure_barriers
 from fedbarrier.config import BarrierConfig
-from fedbarrier.evaluator import ModelEvaluator
-from fedbarrier.layers import LayerGroups, Stage
-from fedbarrier.records import RunDir, save_state_dict
-from fedbarrier.task import derive_seed
+from fedbarrier.learn.local import derive_seed
+from fedbarrier.measure.barriers import layer_distances, measure_barriers
+from fedbarrier.measure.evaluator import ModelEvaluator
+from fedbarrier.measure.layers import LayerGroups, Stage
+from fedbarrier.runtime.rundir import RunDir, save_state_dict
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class BarrierHook(RoundHook):
     each split and metric (e.g. ``barrier_full_test_loss``) for the round's metrics record.
 
     Measurements run on ``executor`` (the server's compute thread, see
-    ``fedbarrier.server_app``) or, without one, in the caller's thread. With ``cfg.overlap`` a
+    ``fedbarrier.fl.server_app``) or, without one, in the caller's thread. With ``cfg.overlap`` a
     ``Future`` is returned: the server is otherwise idle while the clients evaluate, so the
     round gets longer only by what the measurement takes beyond that phase. Listeners (a
     strategy that aggregates by the barriers) need the numbers before aggregation, so with

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fedbarrier.data import DatasetSplits, ImageDataset
+from fedbarrier.data.datasets import DatasetSplits, ImageDataset
 
 MANIFEST = "dataset.json"
 

@@ -1,0 +1,3 @@
+"""A run's machinery below Flower: the run directory and its records (``rundir``), building a
+run's model from its config (``build``), scratch folders (``scratch``), process tuning and the
+latency patches for Flower's simulation engine (``engine_patches``)."""
