@@ -26,7 +26,7 @@ import torch
 from fedbarrier.config import Config, load_config
 from fedbarrier.data.federation import federation
 from fedbarrier.fl.simulation import off_main_thread
-from fedbarrier.learn.local import derive_seed, evaluate, lr_at, train
+from fedbarrier.learn.local import evaluate, local_update
 from fedbarrier.runtime.build import initial_model
 
 WORKLOAD = [
@@ -52,11 +52,8 @@ def plain_loop(cfg: Config, device: torch.device | str = "cpu") -> list[float]:
         for pid in range(fed.num_clients):
             model.load_state_dict(global_state)
             data = fed.client_train(pid)
-            train(model, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
-                  lr=lambda step, total, r=r: lr_at(((r - 1) + step / total) / t.rounds, t.lr,
-                                                   t.lr_schedule, t.warmup),
-                  momentum=t.momentum, weight_decay=t.weight_decay,
-                  seed=derive_seed(cfg.seed, pid, r), device=device)
+            local_update(model, data.x, data.y, t, run_seed=cfg.seed, client=pid, server_round=r,
+                         device=device)
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             weights.append(len(data))
         total = sum(weights)

@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.fl.client_app import DIVERGENCE
+from fedbarrier.fl.protocol import DIVERGENCE
 from fedbarrier.measure.layers import LayerGroups
 from strategies.feddc import whole_or_nothing
 

@@ -43,7 +43,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.fl.adapter import CLIENT_RECORD, PARTITION_ID, SHARED_LAYERS
+from fedbarrier.fl.protocol import CLIENT_RECORD, PARTITION_ID, SHARED_LAYERS
 from fedbarrier.measure.layers import LayerGroups
 
 KEEP, DAISY, AVERAGE = 0, 1, 2  # feddc_step codes

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.fl.adapter import SHARED_LAYERS
+from fedbarrier.fl.protocol import SHARED_LAYERS
 from fedbarrier.measure.layers import LayerGroups
 
 

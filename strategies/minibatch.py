@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedbarrier.fl.client_app import LOCAL_STEPS
+from fedbarrier.fl.protocol import LOCAL_STEPS
 
 
 class MinibatchSGD(FedAvg):

@@ -19,7 +19,7 @@ def make_hook(overlap: bool, sample, executor=None) -> BarrierHook:
     model = build_model("cnn", SHAPE, 4)
     cfg = BarrierConfig(n=0, curve_points=3, overlap=overlap)
     return BarrierHook(cfg, model=model, groups=layer_groups(model, torch.zeros(2, *SHAPE)),
-                       stages=model_stages(model), sample=sample, run_dir=None, num_rounds=1,
+                       stages=model_stages(model), sample=sample, write=None, num_rounds=1,
                        seed=0, device=torch.device("cpu"), executor=executor)
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedbarrier.fl import simulation
 from fedbarrier.config import load_config
 from fedbarrier.data.federation import federation, server_sample
+from fedbarrier.fl import simulation
 from fedbarrier.fl.simulation import run_experiment
 from fedbarrier.measure.layers import layer_groups
 from fedbarrier.runtime.build import initial_model

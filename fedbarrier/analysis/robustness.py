@@ -32,11 +32,9 @@ import torch
 
 from fedbarrier.analysis import METRICS, StateDict, flatten, float_keys, json_ready, load_run, with_vector
 from fedbarrier.errors import UserError
-from fedbarrier.learn.local import derive_seed
 from fedbarrier.measure.barriers import EvaluateMany, interpolate
 from fedbarrier.runtime.rundir import write_atomic
-
-_STREAM = 13  # derive_seed stream of the random directions
+from fedbarrier.seeds import Stream, derive_seed
 
 
 def random_midpoint(a: StateDict, keys: Sequence[str], distance: float,
@@ -66,7 +64,7 @@ def robustness_variants(
         distance[layer] = float((flatten(a, keys) - flatten(b, keys)).norm())
         variants[f"interp/{layer}"] = interpolate(a, b, 0.5, keys)
         for draw in range(draws):
-            gen = torch.Generator().manual_seed(derive_seed(seed, _STREAM, index, draw))
+            gen = torch.Generator().manual_seed(derive_seed(seed, Stream.ROBUSTNESS, index, draw))
             variants[f"random/{layer}/{draw}"] = random_midpoint(a, keys, distance[layer], gen)
     return variants, distance
 

@@ -49,16 +49,15 @@ from fedbarrier.analysis import (
     with_vector,
 )
 from fedbarrier.errors import UserError
-from fedbarrier.learn.local import derive_seed
 from fedbarrier.measure.barriers import EvaluateMany
 from fedbarrier.runtime.build import initial_state
 from fedbarrier.runtime.rundir import write_atomic
+from fedbarrier.seeds import Stream, derive_seed
 
 KINDS = ("training", "null", "interpolation")
 SCALES = ("distance", "absolute")
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 MODEL = "model"  # the whole-model scope; every other scope is a layer
-_STREAM = 17  # derive_seed stream of the noise draws
 
 
 # --------------------------------------------------------------------------------------- geometry
@@ -183,7 +182,7 @@ def subspace_analysis(
         }
         rows: dict[str, dict[str, list[list[float]]]] = {k: {m: [] for m in metrics} for k in KINDS}
         for sigma_index, sigma in enumerate(sigma_abs):
-            noise = _noise(basis, unit, sigma, draws, [seed, _STREAM, scope_index, sigma_index])
+            noise = _noise(basis, unit, sigma, draws, [seed, Stream.SUBSPACE, scope_index, sigma_index])
             defined = [v for vectors in noise.values() for v in vectors if v is not None]
             scores = iter(evaluate_many([with_vector(a, keys, flat_a + v) for v in defined]))
             for kind, vectors in noise.items():  # same order as `defined`

@@ -28,11 +28,8 @@ from fedbarrier.config import DataConfig
 from fedbarrier.data.datasets import DatasetSplits, ImageDataset, SyntheticSpec, load_dataset
 from fedbarrier.data.shared import read_splits, write_splits
 from fedbarrier.errors import UserError
-from fedbarrier.learn.local import derive_seed
+from fedbarrier.seeds import Stream, derive_seed
 from partitions import PartitionStats, partition_labels, partition_stats, split_train_test
-
-# Stream ids for derive_seed, so that partitions, splits and samples never share random numbers.
-_PARTITION, _SPLIT, _SAMPLE = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -121,11 +118,11 @@ def federation(cfg: DataConfig, seed: int) -> Federation:
         raise UserError(f"data.num_clients = {cfg.num_clients} exceeds the {len(labels)} training "
                         f"examples of {cfg.dataset}")
     parts = partition_labels(labels, cfg.num_clients, cfg.partition,
-                             seed=derive_seed(seed, _PARTITION), alpha=cfg.alpha,
+                             seed=derive_seed(seed, Stream.PARTITION), alpha=cfg.alpha,
                              min_partition_size=cfg.min_partition_size,
                              classes_per_client=cfg.classes_per_client)
     train_parts, test_parts = split_train_test(parts, cfg.test_fraction,
-                                               seed=derive_seed(seed, _SPLIT))
+                                               seed=derive_seed(seed, Stream.SPLIT))
     empty = [k for k, part in enumerate(train_parts) if len(part) == 0]
     if empty:
         raise UserError(f"client {empty[0]} gets no training examples with data.partition = "
@@ -152,7 +149,7 @@ def server_sample(
     else:
         raise ValueError(f"unknown split {split!r}")
     if 0 < n < len(pool):
-        rng = np.random.default_rng(derive_seed(seed, _SAMPLE, 0 if split == "train" else 1))
+        rng = np.random.default_rng(derive_seed(seed, Stream.BARRIER_SAMPLE, 0 if split == "train" else 1))
         pool = np.sort(rng.choice(pool, size=n, replace=False))
     index = torch.as_tensor(pool, dtype=torch.long)
     return source.x[index], source.y[index]

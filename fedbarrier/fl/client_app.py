@@ -1,8 +1,8 @@
 """The Flower ClientApp: local SGD on the client's own partition, evaluation on its local test part.
 
 ``make_client_app(cfg)`` closes over a validated config (what ``fedbarrier run`` uses with the
-simulation engine); the module-level ``app`` reads the config path from the run config instead,
-for ``flwr run .`` (see ``[tool.flwr.app.config]`` in pyproject.toml).
+simulation engine); without one it reads the config path from the run config, as the app that
+``flwr run .`` starts does (``fedbarrier.fl.apps``; ``[tool.flwr.app.config]`` in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -18,22 +18,32 @@ from torch import nn
 
 from fedbarrier.config import Config, ModelConfig, load_config
 from fedbarrier.data.federation import federation, use_shared_data
-from fedbarrier.fl.adapter import CLIENT_RECORD, NUM_EXAMPLES, PARTITION_ID, SHARED_LAYERS
 from fedbarrier.fl.client_store import ClientStore
-from fedbarrier.learn.local import derive_seed, evaluate, lr_at, resolve_device, train
+from fedbarrier.fl.protocol import (
+    ARRAYS,
+    CLIENT_RECORD,
+    CONFIG,
+    DIVERGED,
+    DIVERGENCE,
+    LOCAL_STEPS,
+    LOCAL_TEST_ACCURACY,
+    LOCAL_TEST_LOSS,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SERVER_ROUND,
+    SHARED_LAYERS,
+    TRAIN_LOSS,
+)
+from fedbarrier.learn.local import evaluate, local_update, resolve_device
 from fedbarrier.learn.models import build_model
 from fedbarrier.runtime.build import initial_state
 from fedbarrier.runtime.process_tuning import freeze_heap_once, keep_freed_memory
 
-ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
-CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
-METRICS = "metrics"
-MODEL_STATE = "model"  # client store: the client's own model (when layers stay personal)
-OPTIMIZER_STATE = "optimizer"  # client store: SGD momentum buffers (train.keep_optimizer_state)
-# Protocol of the schemes in strategies/ (dynamic averaging, minibatch-sgd):
-REFERENCE_STATE = "reference"  # client store: the model last received whole (dynamic averaging)
-DIVERGENCE = "divergence"  # train config flag, and the metric ||model - reference||^2 it asks for
-LOCAL_STEPS = "local-steps"  # train config: SGD steps this round, overriding train.local_steps
+# What a client keeps in its own store (fedbarrier.fl.client_store), between rounds:
+MODEL_STATE = "model"  # the client's own model (when layers stay personal)
+OPTIMIZER_STATE = "optimizer"  # SGD momentum buffers (train.keep_optimizer_state)
+REFERENCE_STATE = "reference"  # the model last received whole (dynamic averaging)
 
 
 @lru_cache(maxsize=2)
@@ -94,7 +104,7 @@ def _reply(msg: Message, arrays: ArrayRecord | None, metrics: dict[str, float], 
 
 def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) -> Message:
     pid = int(context.node_config[PARTITION_ID])
-    server_round = int(msg.content[CONFIG]["server-round"])
+    server_round = int(msg.content[CONFIG][SERVER_ROUND])
     store = ClientStore(store_root, pid)
     saved = store.load_before(server_round)
     received = received_state(msg)  # decoded once: the model and the reference both use it
@@ -102,23 +112,17 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
     data = federation(cfg.data, cfg.seed).client_train(pid)
     t = cfg.train
     buffers = (saved or {}).get(OPTIMIZER_STATE) if t.keep_optimizer_state else None
-
-    def lr(step: int, total: int) -> float:
-        progress = ((server_round - 1) + step / max(1, total)) / t.rounds
-        return lr_at(progress, t.lr, t.lr_schedule, t.warmup)
-
-    stats = train(model, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=lr,
-                  momentum=t.momentum, weight_decay=t.weight_decay,
-                  seed=derive_seed(cfg.seed, pid, server_round), device=client_device(t.device),
-                  momentum_buffers=buffers, steps=int(msg.content[CONFIG].get(LOCAL_STEPS, t.local_steps)))
+    stats = local_update(model, data.x, data.y, t, run_seed=cfg.seed, client=pid,
+                         server_round=server_round, device=client_device(t.device),
+                         momentum_buffers=buffers,
+                         steps=int(msg.content[CONFIG].get(LOCAL_STEPS, t.local_steps)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reference = reference_model(received, saved) if msg.content[CONFIG].get(DIVERGENCE) else {}
     if personal or t.keep_optimizer_state:
         store.save(server_round, {MODEL_STATE: state if personal else {},
                                   OPTIMIZER_STATE: (stats.momentum or {}) if t.keep_optimizer_state
                                   else {}, REFERENCE_STATE: reference})
-    metrics = {NUM_EXAMPLES: len(data), "train_loss": stats.loss,
-               "diverged": float(stats.diverged)}
+    metrics = {NUM_EXAMPLES: len(data), TRAIN_LOSS: stats.loss, DIVERGED: float(stats.diverged)}
     if reference:
         metrics[DIVERGENCE] = squared_distance(state, reference)
     return _reply(msg, ArrayRecord(state), metrics, pid)
@@ -139,13 +143,13 @@ def squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Path) -> Message:
     pid = int(context.node_config[PARTITION_ID])
-    server_round = int(msg.content[CONFIG]["server-round"])
+    server_round = int(msg.content[CONFIG][SERVER_ROUND])
     saved = ClientStore(store_root, pid).load_before(server_round + 1)  # this round's training
     model, _ = load_model(cfg, msg, received_state(msg), pid, saved)
     data = federation(cfg.data, cfg.seed).client_test(pid)
     loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
                          device=client_device(cfg.train.device))
-    metrics = {NUM_EXAMPLES: len(data), "local_test_loss": loss, "local_test_accuracy": acc}
+    metrics = {NUM_EXAMPLES: len(data), LOCAL_TEST_LOSS: loss, LOCAL_TEST_ACCURACY: acc}
     return _reply(msg, None, metrics, pid)
 
 
@@ -208,5 +212,3 @@ def make_client_app(cfg: Config | None = None, store_root: Path | None = None,
 
     return app
 
-
-app = make_client_app()

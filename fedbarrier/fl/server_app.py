@@ -1,13 +1,11 @@
 """The Flower ServerApp: build the strategy, attach the hooks, run the rounds.
 
-``make_server_app(cfg, run_dir)`` is what ``fedbarrier run`` hands to the simulation engine; the
-module-level ``app`` reads the config path and output folder from the run config for
-``flwr run .``.
+``make_server_app(cfg, run_dir)`` is what ``fedbarrier run`` hands to the simulation engine;
+``fedbarrier.fl.apps`` has the apps that ``flwr run .`` starts.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -17,10 +15,17 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedbarrier.config import Config
 from fedbarrier.data.federation import federation, server_sample
-from fedbarrier.fl.adapter import CLIENT_RECORD, PARTITION_ID, Instrumented
-from fedbarrier.fl.client_app import config_from_context, out_from_context
+from fedbarrier.fl.adapter import Instrumented
+from fedbarrier.fl.protocol import (
+    CLIENT_RECORD,
+    PARTITION_ID,
+    BarrierListener,
+    ResumableStrategy,
+)
+from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, ProgressPrinter
+from fedbarrier.fl.round import RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
-from fedbarrier.measure.hook import BarrierHook, CheckpointHook, MetricsRecorder, ProgressPrinter, RoundHook
+from fedbarrier.measure.hook import BarrierHook
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
@@ -117,10 +122,11 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
     initial_evaluation = (compute.submit(evaluate_global, 0, initial.to_torch_state_dict())
                           if completed_rounds == 0 else None)
 
-    def global_evaluate(server_round: int, arrays: ArrayRecord) -> Future[dict[str, float]]:
+    def global_evaluate(server_round: int, state: dict[str, torch.Tensor]
+                        ) -> Future[dict[str, float]]:
         if server_round == 0 and initial_evaluation is not None:
             return initial_evaluation
-        return compute.submit(evaluate_global, server_round, arrays.to_torch_state_dict())
+        return compute.submit(evaluate_global, server_round, state)
 
     hooks: list[RoundHook] = []
     if cfg.barriers.enabled:
@@ -128,7 +134,8 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         hooks.append(BarrierHook(
             cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
             sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
-            run_dir=run_dir, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
+            write=run_dir.append_barriers if run_dir is not None else None,
+            num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
             batch_size=cfg.train.eval_batch_size, executor=compute))
     if run_dir is not None:
         if cfg.output.save_client_models:
@@ -138,15 +145,16 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         hooks.append(ProgressPrinter(cfg.train.rounds, first_round=completed_rounds + 1))
 
     inner = build_strategy(cfg.strategy, cfg.data.num_clients, groups)
-    if strategy_state is not None and hasattr(inner, "load_state_dict"):
+    resumable = isinstance(inner, ResumableStrategy)
+    if strategy_state is not None and resumable:
         inner.load_state_dict(strategy_state)
 
-    def save_state(server_round: int, arrays: ArrayRecord) -> None:
+    def save_state(server_round: int, state: dict[str, torch.Tensor]) -> None:
         if run_dir is not None:
-            run_dir.save_server_state(server_round, arrays.to_torch_state_dict(),
-                                      inner.state_dict() if hasattr(inner, "state_dict") else None)
+            run_dir.save_server_state(server_round, state,
+                                      inner.state_dict() if resumable else None)
     barrier_hooks = [h for h in hooks if isinstance(h, BarrierHook)]
-    if hasattr(inner, "observe") and barrier_hooks:  # e.g. barrier-aware aggregation
+    if isinstance(inner, BarrierListener) and barrier_hooks:  # e.g. barrier-aware aggregation
         barrier_hooks[0].listeners.append(inner.observe)
     strategy = Instrumented(inner, hooks,
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
@@ -154,8 +162,7 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
                             completed_rounds=completed_rounds, save_state=save_state)
     strategy.start(grid=grid, initial_arrays=initial,
                    num_rounds=cfg.train.rounds - completed_rounds,
-                   train_config=ConfigRecord(), evaluate_config=ConfigRecord(),
-                   evaluate_fn=strategy.evaluate_fn)
+                   train_config=ConfigRecord(), evaluate_config=ConfigRecord())
 
 
 def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True,
@@ -168,21 +175,3 @@ def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = Tru
 
     return app
 
-
-app = ServerApp()
-
-
-@app.main()
-def _main(grid: Grid, context: Context) -> None:
-    """Entry point for `flwr run .`: config and output folder come from the run config."""
-    from fedbarrier.fl.simulation import prepare_run
-
-    cfg = config_from_context(context)
-    if (warning := server_data_warning(cfg, grid)) is not None:
-        print(warning, file=sys.stderr, flush=True)
-    run_dir = prepare_run(cfg, out_from_context(context), force=True)
-    run_server(grid, cfg, run_dir)
-    if cfg.output.plots:
-        from fedbarrier.plots import plot_run
-
-        plot_run(run_dir.path)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from fedbarrier.config import Config, load_config, to_dict, to_toml
 from fedbarrier.data.federation import federation, share_data
 from fedbarrier.errors import UserError
+from fedbarrier.fl.protocol import ModelCheck
 from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
 from fedbarrier.runtime.process_tuning import frozen_heap
 from fedbarrier.runtime.rundir import RunDir, environment_info
@@ -44,14 +45,15 @@ def quiet_environment() -> None:
 
 def preflight(cfg: Config) -> None:
     """Load data, partition it and build the model and strategy once, raising UserError on bad
-    input. A strategy with a ``check_model(shapes)`` method (e.g. the Radon machine, which needs
-    more clients than the model has parameters) checks the model here, before anything is written."""
+    input. A strategy that is a :class:`~fedbarrier.fl.protocol.ModelCheck` (e.g. the Radon machine,
+    which needs more clients than the model has parameters) checks the model here, before anything
+    is written."""
     from fedbarrier.runtime.build import initial_state, model_layers
     from strategies import build_strategy
 
     with _flower_logs(logging.WARNING):
         strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
-    if hasattr(strategy, "check_model"):
+    if isinstance(strategy, ModelCheck):
         strategy.check_model({k: tuple(v.shape) for k, v in initial_state(cfg).items()})
     if cfg.data.test_fraction == 0 and cfg.strategy.fraction_evaluate > 0:
         raise UserError("data.test_fraction = 0 leaves clients no local test part; set "

@@ -10,12 +10,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbarrier.config import TrainConfig
 from fedbarrier.errors import UserError
+from fedbarrier.seeds import training_seed
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -43,12 +44,6 @@ def eval_batch_size(configured: int, input_shape: tuple[int, ...]) -> int:
     if configured > 0:
         return configured
     return max(1, AUTO_EVAL_BATCH_VALUES // math.prod(input_shape))
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (run seed, client id, round...), stable across processes."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
-               >> np.uint64(1))
 
 
 def lr_at(progress: float, base_lr: float, schedule: str, warmup: float) -> float:
@@ -137,6 +132,37 @@ def train(
                if optimizer.state.get(p, {}).get("momentum_buffer") is not None}
     return TrainStats(loss=loss_sum / max(1, step), steps=step, examples=seen, diverged=False,
                       momentum=buffers)
+
+
+def local_update(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    run_seed: int,
+    client: int,
+    server_round: int,
+    device: torch.device,
+    momentum_buffers: dict[str, torch.Tensor] | None = None,
+    steps: int | None = None,
+) -> TrainStats:
+    """One client's local training in one round, as the run's config prescribes: its seeded data
+    order and its learning rates along the whole run's schedule. The client app, the tests that
+    replay a client and the benchmarks' plain loop all call this, so they train identically.
+
+    ``steps`` overrides ``cfg.local_steps`` (a strategy may ask for a number of SGD steps).
+    """
+
+    def lr(step: int, total: int) -> float:
+        progress = ((server_round - 1) + step / max(1, total)) / cfg.rounds
+        return lr_at(progress, cfg.lr, cfg.lr_schedule, cfg.warmup)
+
+    return train(model, x, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=lr,
+                 momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                 seed=training_seed(run_seed, client, server_round), device=device,
+                 momentum_buffers=momentum_buffers,
+                 steps=cfg.local_steps if steps is None else steps)
 
 
 @torch.inference_mode()

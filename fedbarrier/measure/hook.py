@@ -1,37 +1,27 @@
-"""Round hooks: measurement and recording as separate objects, not strategy code.
+"""The barrier hook: measures a round's barriers between the clients' models before aggregation.
 
-A hook (pfl-research style) has no-op methods that :class:`fedbarrier.fl.adapter.Instrumented`
-calls around any Flower strategy:
-
-- ``before_aggregation(models)``: the clients' returned models, *before* the strategy aggregates
-  them; may return numbers that are merged into the round's ``metrics.jsonl`` record, or a
-  ``Future`` of them: the work then runs while the clients evaluate the new global model, and
-  the round waits for it before it saves its state and writes its record.
-- ``on_round_end(record)``: the round's complete record (after server-side evaluation).
-
-:class:`BarrierHook` is the barrier instrumentation; :class:`CheckpointHook` saves the clients'
-models; :class:`MetricsRecorder` and :class:`ProgressPrinter` write and show the round records.
+It is a round hook of :mod:`fedbarrier.fl.round` (``before_aggregation`` / ``on_round_end``) but
+knows nothing of Flower or of the run directory: it gets the round's models as
+:class:`ClientModels` and hands each measurement record to ``write`` and to its listeners.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedbarrier.config import BarrierConfig
-from fedbarrier.learn.local import derive_seed
 from fedbarrier.measure.barriers import layer_distances, measure_barriers
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import LayerGroups, Stage
-from fedbarrier.runtime.rundir import RunDir, save_state_dict
+from fedbarrier.seeds import Stream, default_clients_seed, derive_seed
 
 
 @dataclass(frozen=True)
@@ -49,16 +39,6 @@ class ClientModels:
 
 
 RoundValues = dict[str, Any]
-
-
-class RoundHook:
-    """Base class with no-op methods; subclasses override what they need."""
-
-    def before_aggregation(self, models: ClientModels) -> RoundValues | Future[RoundValues] | None:
-        return None
-
-    def on_round_end(self, record: dict[str, Any]) -> None:
-        return None
 
 
 def measure_record(
@@ -82,7 +62,7 @@ def measure_record(
                                batch_size=batch_size, device=device)
     result = measure_barriers(states, weights, groups, evaluator, families=cfg.families,
                               defaults=defaults, curve_points=cfg.curve_points, window=cfg.window,
-                              random_orders=cfg.random_orders, seed=derive_seed(seed, 11))
+                              random_orders=cfg.random_orders, seed=derive_seed(seed, Stream.LAYER_ORDERS))
     return {"n": len(y), "families": list(cfg.families),
             "share_activations": cfg.share_activations, **result.to_record(),
             "seconds": time.perf_counter() - start}
@@ -91,11 +71,12 @@ def measure_record(
 SampleFn = Callable[[str, Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
-class BarrierHook(RoundHook):
+class BarrierHook:
     """Measures the barriers of BARRIERS.md between the clients' models before aggregation.
 
-    Appends one record per (round, split) to ``barriers.jsonl`` and returns the full barrier of
-    each split and metric (e.g. ``barrier_full_test_loss``) for the round's metrics record.
+    Hands one record per (round, split) to ``write`` (the run's ``barriers.jsonl``) and returns
+    the full barrier of each split and metric (e.g. ``barrier_full_test_loss``) for the round's
+    metrics record.
 
     Measurements run on ``executor`` (the server's compute thread, see
     ``fedbarrier.fl.server_app``) or, without one, in the caller's thread. With ``cfg.overlap`` a
@@ -114,7 +95,7 @@ class BarrierHook(RoundHook):
         groups: LayerGroups,
         stages: Sequence[Stage],
         sample: SampleFn,
-        run_dir: RunDir | None,
+        write: Callable[[dict[str, Any]], None] | None,
         num_rounds: int,
         seed: int,
         device: torch.device,
@@ -127,7 +108,7 @@ class BarrierHook(RoundHook):
         self.groups = groups
         self.stages = list(stages)
         self.sample = sample
-        self.run_dir = run_dir
+        self.write = write
         self.num_rounds = num_rounds
         self.seed = seed
         self.device = device
@@ -142,7 +123,7 @@ class BarrierHook(RoundHook):
         k = self.cfg.max_defaults
         if k == 0 or k >= num:
             return None
-        rng = np.random.default_rng(derive_seed(self.seed, server_round, 7))
+        rng = np.random.default_rng(default_clients_seed(self.seed, server_round))
         return sorted(int(i) for i in rng.choice(num, size=k, replace=False))
 
     def before_aggregation(self, models: ClientModels) -> RoundValues | Future[RoundValues] | None:
@@ -154,6 +135,9 @@ class BarrierHook(RoundHook):
         if not self.cfg.overlap or self.listeners:
             return future.result()
         return future
+
+    def on_round_end(self, record: Any) -> None:
+        return None
 
     def measure(self, models: ClientModels) -> RoundValues:
         """Measure and record one round's barriers; returns the round's summary numbers."""
@@ -173,61 +157,11 @@ class BarrierHook(RoundHook):
                                        batch_size=self.batch_size),
                       "distances": distances}
             record["default_clients"] = [ids[d] for d in record["defaults"]]
-            if self.run_dir is not None:
-                self.run_dir.append_barriers(record)
+            if self.write is not None:
+                self.write(record)
             for listener in self.listeners:
                 listener(record)
             for metric, value in record["full"].items():
                 summary[f"barrier_full_{split}_{metric}"] = value
             summary[f"barrier_seconds_{split}"] = record["seconds"]
         return summary
-
-
-class CheckpointHook(RoundHook):
-    """Saves each client's returned model (``client-K.pt``, K = partition id) every round."""
-
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-
-    def before_aggregation(self, models: ClientModels) -> dict[str, Any] | None:
-        for cid, state in zip(models.client_ids, models.states):
-            save_state_dict(self.run_dir.checkpoint_path(models.server_round, f"client-{cid}"),
-                            state)
-        return None
-
-
-class MetricsRecorder(RoundHook):
-    """Appends each round's record to ``metrics.jsonl``."""
-
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-
-    def on_round_end(self, record: dict[str, Any]) -> None:
-        self.run_dir.append_metrics(record)
-
-
-class ProgressPrinter(RoundHook):
-    """One line per round: losses, accuracies, the full barrier, time and ETA."""
-
-    def __init__(self, num_rounds: int, stream: TextIO = sys.stderr, first_round: int = 1) -> None:
-        self.num_rounds = num_rounds
-        self.stream = stream
-        self.first_round = first_round
-        self.start = time.perf_counter()
-
-    def on_round_end(self, record: dict[str, Any]) -> None:
-        r = record["round"]
-        parts = [f"round {r:>3}/{self.num_rounds}"]
-        fmt = {"train_loss": "train loss {:.3f}", "global_test_accuracy": "global acc {:.1f}%",
-               "local_test_accuracy": "local acc {:.1f}%",
-               "barrier_full_test_loss": "barrier test loss {:+.3f}",
-               "barrier_full_test_error": "err {:+.1f}pp"}
-        for key, pattern in fmt.items():
-            value = record.get(key)
-            if isinstance(value, (int, float)):
-                parts.append(pattern.format(value))
-        elapsed = time.perf_counter() - self.start
-        if r >= self.first_round:
-            eta = elapsed / (r - self.first_round + 1) * (self.num_rounds - r)
-            parts.append(f"{record.get('wall_seconds', 0.0):.1f}s  ETA {eta:.0f}s")
-        print("  ".join(parts), file=self.stream, flush=True)

@@ -13,16 +13,14 @@ from torch import nn
 
 from fedbarrier.config import Config
 from fedbarrier.data.federation import Federation, federation
-from fedbarrier.learn.local import derive_seed
 from fedbarrier.learn.models import build_model
 from fedbarrier.measure.layers import LayerGroups, layer_groups
-
-_INIT = 5  # derive_seed stream for initializations
+from fedbarrier.seeds import Stream, derive_seed
 
 
 def initial_model(cfg: Config, fed: Federation, client: int | None = None) -> nn.Module:
     """The common initialization (``client=None``) or a client's own one (``train.client_init``)."""
-    parts = (cfg.seed, _INIT) if client is None else (cfg.seed, _INIT, client)
+    parts = (cfg.seed, Stream.INIT) if client is None else (cfg.seed, Stream.INIT, client)
     torch.manual_seed(derive_seed(*parts))
     return build_model(cfg.model.name, fed.input_shape, fed.num_classes,
                        width=cfg.model.width or None)

@@ -9,7 +9,7 @@ from torch import nn
 
 from fedbarrier.config import Config
 from fedbarrier.data.federation import federation
-from fedbarrier.learn.local import derive_seed, lr_at, train
+from fedbarrier.learn.local import local_update
 from fedbarrier.runtime.build import initial_model
 
 
@@ -20,11 +20,8 @@ def replay_round(cfg: Config, pid: int, start: Mapping[str, torch.Tensor], serve
     net = model if model is not None else initial_model(cfg, fed)
     net.load_state_dict(dict(start))
     data = fed.client_train(pid)
-    train(net, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
-          lr=lambda step, total: lr_at(((server_round - 1) + step / total) / t.rounds, t.lr,
-                                       t.lr_schedule, t.warmup),
-          momentum=t.momentum, weight_decay=t.weight_decay,
-          seed=derive_seed(cfg.seed, pid, server_round), device=torch.device("cpu"))
+    local_update(net, data.x, data.y, t, run_seed=cfg.seed, client=pid, server_round=server_round,
+                 device=torch.device("cpu"))
     return net
 
 

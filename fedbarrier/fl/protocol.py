@@ -1,0 +1,77 @@
+"""The wire protocol: every key that crosses between server and clients, in one place.
+
+Client, server, round pipeline and strategies import their keys from here and from nowhere else.
+Messages follow Flower's Message API (``flwr.app``): a ``RecordDict`` of named records.
+
+Server -> client (train and evaluate messages)
+    ``ARRAYS``         ArrayRecord: the tensors the client adopts (under partial sharing only the
+                       shared layers; empty when the server sends nothing this round)
+    ``CONFIG``         ConfigRecord: ``SERVER_ROUND`` (set by Flower), and optionally
+                       ``SHARED_LAYERS`` (the layer names sent: the client keeps its own weights
+                       for the rest), ``LOCAL_STEPS`` (SGD steps this round), ``DIVERGENCE``
+                       (report ||model - reference||^2)
+
+Client -> server (replies)
+    ``ARRAYS``         ArrayRecord: the client's whole trained model (train replies only)
+    ``METRICS``        MetricRecord: ``NUM_EXAMPLES`` (the aggregation weight), ``TRAIN_LOSS``,
+                       ``DIVERGED`` (1.0 for a non-finite training loss), ``DIVERGENCE`` when
+                       asked; evaluate replies: ``NUM_EXAMPLES`` and the local test metrics
+    ``CLIENT_RECORD``  ConfigRecord: ``PARTITION_ID``, the client's stable id (node ids are random
+                       and change on a resume)
+
+Strategy extensions
+    A strategy is any Flower Message-API ``Strategy``. It may also implement the small protocols
+    below; the round pipeline and the server app find them with ``isinstance`` (they are
+    ``runtime_checkable``), never by guessing attribute names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+# -- record names -----------------------------------------------------------------------------
+ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
+CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
+METRICS = "metrics"
+CLIENT_RECORD = "client"
+
+# -- config keys (server -> client) -------------------------------------------------------------
+SERVER_ROUND = "server-round"  # written by Flower's strategies
+SHARED_LAYERS = "shared-layers"
+LOCAL_STEPS = "local-steps"
+DIVERGENCE = "divergence"  # also the metric key of the reply
+
+# -- metric keys (client -> server) -------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key
+TRAIN_LOSS = "train_loss"
+DIVERGED = "diverged"
+LOCAL_TEST_LOSS = "local_test_loss"
+LOCAL_TEST_ACCURACY = "local_test_accuracy"
+
+# -- client record keys ---------------------------------------------------------------------------
+PARTITION_ID = "partition-id"  # also the node_config key the simulation engine sets
+
+
+@runtime_checkable
+class ResumableStrategy(Protocol):
+    """A strategy with state that a resumed run must get back (saved with each round's state)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class BarrierListener(Protocol):
+    """A strategy that reads each server-side barrier record before it aggregates (the barrier
+    hook then measures before aggregation, blocking)."""
+
+    def observe(self, record: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ModelCheck(Protocol):
+    """A strategy that checks the model's tensor shapes before a run starts (raises UserError)."""
+
+    def check_model(self, shapes: Mapping[str, Sequence[int]]) -> None: ...

@@ -1,0 +1,73 @@
+"""Round hooks that record and show a run: saved client models, ``metrics.jsonl``, progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from fedbarrier.fl.round import RoundRecord
+from fedbarrier.measure.hook import ClientModels
+from fedbarrier.runtime.rundir import RunDir, save_state_dict
+
+
+class CheckpointHook:
+    """Saves each client's returned model (``client-K.pt``, K = partition id) every round."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    def before_aggregation(self, models: ClientModels) -> None:
+        for cid, state in zip(models.client_ids, models.states):
+            save_state_dict(self.run_dir.checkpoint_path(models.server_round, f"client-{cid}"),
+                            state)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        return None
+
+
+class MetricsRecorder:
+    """Appends each round's record to ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    def before_aggregation(self, models: ClientModels) -> None:
+        return None
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.run_dir.append_metrics(record.to_json())
+
+
+class ProgressPrinter:
+    """One line per round: losses, accuracies, the full barrier, time and ETA."""
+
+    FORMATS = {"train_loss": "train loss {:.3f}", "global_test_accuracy": "global acc {:.1f}%",
+               "local_test_accuracy": "local acc {:.1f}%",
+               "barrier_full_test_loss": "barrier test loss {:+.3f}",
+               "barrier_full_test_error": "err {:+.1f}pp"}
+
+    def __init__(self, num_rounds: int, stream: TextIO = sys.stderr, first_round: int = 1) -> None:
+        self.num_rounds = num_rounds
+        self.stream = stream
+        self.first_round = first_round
+        self.start = time.perf_counter()
+
+    def before_aggregation(self, models: ClientModels) -> None:
+        return None
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        print(self.line(record.to_json()), file=self.stream, flush=True)
+
+    def line(self, values: dict[str, Any]) -> str:
+        r = values["round"]
+        parts = [f"round {r:>3}/{self.num_rounds}"]
+        for key, pattern in self.FORMATS.items():
+            value = values.get(key)
+            if isinstance(value, (int, float)):
+                parts.append(pattern.format(value))
+        elapsed = time.perf_counter() - self.start
+        if r >= self.first_round:
+            eta = elapsed / (r - self.first_round + 1) * (self.num_rounds - r)
+            parts.append(f"{values.get('wall_seconds', 0.0):.1f}s  ETA {eta:.0f}s")
+        return "  ".join(parts)
