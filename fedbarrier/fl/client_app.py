@@ -164,7 +164,7 @@ def config_from_context(context: Context) -> Config:
     """For `flwr run`: the run config names an experiment file (and optional overrides)."""
     path = str(context.run_config.get("config", "experiments/quickstart.toml"))
     # Flower starts apps in the SuperLink's/SuperNode's folder; fall back to the bundled copy.
-    bundled = Path(__file__).resolve().parents[1] / path
+    bundled = Path(__file__).resolve().parents[2] / path  # the repository (or FAB) root
     if not Path(path).is_absolute() and not Path(path).exists() and bundled.exists():
         path = str(bundled)
     overrides = [s for s in str(context.run_config.get("set", "")).split(";") if s]
