@@ -352,14 +352,15 @@ def to_toml(cfg: Config) -> str:
 
 
 def describe() -> str:
-    """Every key with its default and help text (for ``fedbarrier config --help-keys``)."""
+    """Every key with its default and help text (for ``fedbarrier keys``)."""
     lines = []
     for name, cls in [("", Config), *SECTIONS.items()]:
         lines.append(f"[{name}]" if name else "# top level")
         for f in dataclasses.fields(cls):
             if name == "" and f.name in SECTIONS:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory())  # type: ignore[misc,operator]
             lines.append(f"  {f.name} = {default!r:<24} # {f.metadata.get('help', '')}")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ Every model is built from torch's global RNG only, so ``torch.manual_seed(s)`` f
 """
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -183,8 +184,9 @@ def _resnet18(channels: int, num_classes: int, base: int) -> nn.Module:
     return model
 
 
-def _rewiden_resnet(model: nn.Module, base: int, num_classes: int) -> None:
-    """Rebuild ``layer1..4`` and ``fc`` of a ResNet18 in place with ``base`` stem channels."""
+def _rewiden_resnet(model: Any, base: int, num_classes: int) -> None:
+    """Rebuild ``layer1..4`` and ``fc`` of a ResNet18 (torchvision's ``ResNet``) in place with
+    ``base`` stem channels."""
     model.inplanes = base  # read by torchvision's _make_layer to size each stage's input
     from torchvision.models.resnet import BasicBlock  # type: ignore[import-untyped]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -262,12 +262,14 @@ def _sequential_items(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Mod
 
 def _resnet_stages(model: nn.Module) -> list[Stage]:
     """stem, one stage per residual block (its own module, prefixed keys), head."""
-    stem = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool")]
+    stem: list[tuple[str, nn.Module]] = [(n, getattr(model, n))
+                                         for n in ("conv1", "bn1", "relu", "maxpool")]
     stages = [_chain_stage("stem", stem)]
     for layer_name in ("layer1", "layer2", "layer3", "layer4"):
         for index, block in getattr(model, layer_name).named_children():
             stages.append(_module_stage(f"{layer_name}.{index}", block))
-    head = [("avgpool", model.avgpool), (_FLATTEN, nn.Flatten()), ("fc", model.fc)]
+    head: list[tuple[str, nn.Module]] = [("avgpool", cast(nn.Module, model.avgpool)),
+                                         (_FLATTEN, nn.Flatten()), ("fc", cast(nn.Module, model.fc))]
     return stages + [_chain_stage("head", head)]
 
 
