@@ -10,14 +10,8 @@ from torch.func import functional_call
 
 from fedbarrier.errors import UserError
 from fedbarrier.learn.models import MODELS, build_model
-from fedbarrier.measure.layers import (
-    LayerGroups,
-    Stage,
-    layer_groups,
-    layer_of,
-    model_stages,
-    select_layers,
-)
+from fedbarrier.measure.layers import LayerGroups, layer_groups, layer_of, select_layers
+from fedbarrier.measure.stages import Stage, model_stages
 
 DIGITS = (1, 8, 8)
 FASHION = (1, 28, 28)
