@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fedbarrier.plots import plot_run
-from fedbarrier.plots.run import _by_split, _symmetric_norm
+from fedbarrier.plots.drawing import _symmetric_norm
+from fedbarrier.plots.run import _by_split
 
 LAYERS = ["conv1", "conv2", "fc"]
 SPLITS = ("train", "test")

@@ -2,7 +2,8 @@
 
 Everything is drawn on ``matplotlib.figure.Figure`` (no pyplot registry), so it works headless and from
 worker threads. Families the user disabled, and rounds that were not measured, are simply absent: the
-matching plot is skipped rather than drawn empty.
+matching plot is skipped rather than drawn empty. The drawing primitives (heatmaps, colour scales, saving)
+are in :mod:`fedbarrier.plots.drawing`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
 
+from fedbarrier.plots.drawing import ANNOTATE_MAX as ANNOTATE_MAX  # re-exported
+from fedbarrier.plots.drawing import DIVERGING, _heat_size, _heatmap, _save, _symmetric_norm
+from fedbarrier.plots.drawing import DPI as DPI  # re-exported
+from fedbarrier.plots.drawing import MAX_XTICKS as MAX_XTICKS  # re-exported
 from fedbarrier.runtime.rundir import BARRIERS_FILE, METRICS_FILE, read_jsonl
 
-DPI = 120
-ANNOTATE_MAX = 25  # annotate heatmap cells only when both dimensions are at most this
-MAX_XTICKS = 25
-DIVERGING = "RdBu_r"  # red = positive barrier (averaging hurts), blue = negative
 KNOWN_METRICS = ("loss", "error")
 Record = dict[str, Any]
 
@@ -125,51 +124,6 @@ def _sample(recs: list[Record]) -> str:
     """', n = N' when every record used the same subsample size (it is part of what was measured)."""
     sizes = {rec.get("n") for rec in recs}
     return f", n = {sizes.pop()}" if len(sizes) == 1 and None not in sizes else ""
-
-
-# -------------------------------------------------------------------------------------------- drawing
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    """Save as PNG, then drop the artists (there is no pyplot registry to close the figure from)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    fig.clear()
-    return path
-
-
-def _symmetric_norm(*grids: np.ndarray) -> Normalize:
-    """Limits symmetric about 0 so white means 'no barrier' whatever the sign of the values."""
-    finite = np.concatenate([g[np.isfinite(g)] for g in grids])
-    limit = float(np.abs(finite).max()) if finite.size else 0.0
-    limit = limit if limit > 0 else 1.0
-    return Normalize(-limit, limit)
-
-
-def _heat_size(n_rows: int, n_cols: int, label_chars: int, panels: int = 1) -> tuple[float, float]:
-    """Figure size that keeps row labels and annotated cells readable (21 ResNet18 layers included)."""
-    cell = 0.55 if n_cols <= ANNOTATE_MAX else max(0.08, 12.0 / n_cols)
-    width = panels * (0.6 + 0.075 * label_chars + n_cols * cell) + 1.4
-    return min(width, 22.0), 2.0 + 0.32 * n_rows
-
-
-def _heatmap(ax: Axes, grid: np.ndarray, rows: Sequence[str], cols: Sequence[Any], *, norm: Normalize,
-             cmap: str, fmt: str) -> AxesImage:
-    """Draw ``grid`` (rows top to bottom) with labelled ticks, grey NaN cells and small-grid annotations."""
-    colormap = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
-    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=colormap, norm=norm,
-                      interpolation="nearest")
-    ax.set_yticks(range(len(rows)), labels=rows, fontsize="small")
-    step = max(1, math.ceil(len(cols) / MAX_XTICKS))
-    ax.set_xticks(range(0, len(cols), step), labels=[str(c) for c in cols[::step]], fontsize="small")
-    if grid.shape[0] <= ANNOTATE_MAX and grid.shape[1] <= ANNOTATE_MAX:
-        for (i, j), value in np.ndenumerate(grid):
-            if np.isfinite(value):
-                r, g, b, _ = colormap(norm(value))
-                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
-    return image
 
 
 def _plot_per_layer(recs: list[Record], split: str, metric: str, out: Path) -> Path | None:
