@@ -12,6 +12,9 @@ An experiment file sets only what differs from the defaults below, e.g.::
 read as a TOML value, and a bare word is taken as a string (``--set data.dataset=cifar10``).
 Unknown sections and keys, wrong types and out-of-range values raise ``UserError`` naming the key
 and what is allowed.
+
+Over 300 lines because it is the one schema of every config key (defaults, help texts, checks and
+cross-checks) with its parser; splitting it would scatter the schema across modules.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ DATASETS = ("cifar10", "cifar100", "fashion-mnist", "digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "full")
 MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear")
 SCHEDULES = ("constant", "cosine")
-SPLITS = ("train", "test")
+SERVER_SPLITS = ("train", "test")  # measured by the server on its sample of D
+LOCAL_SPLITS = ("local-train", "local-test")  # measured by each client on its own data
+SPLITS = SERVER_SPLITS + LOCAL_SPLITS
 FAMILIES = ("full", "per_layer", "cumulative", "curve")
 
 
@@ -112,10 +117,17 @@ class StrategyConfig:
     min_clients: int = _f(1, "stop the run when fewer usable client models come back in a round "
                           "(failed, diverged or malformed ones are excluded)", min=1)
     layers: tuple[str, ...] = _f((), "shared layers for name = 'layers' (names or regexes)")
-    threshold: float = _f(0.1, "barrier-aware: share layers whose barrier is below this")
-    margin: float = _f(0.02, "barrier-aware: hysteresis around the threshold", min=0.0)
-    barrier_split: str = _f("train", "barrier-aware: which measured split to read",
-                            choices=SPLITS)
+    barrier_rule: str = _f("local", "barrier-aware: 'local' = each client adopts the averaged "
+                           "layers that do not significantly hurt it on its own training data "
+                           "(cumulative local barrier <= barriers.z * se); 'server' = the server "
+                           "shares the layers whose server-side barrier is below threshold",
+                           choices=("local", "server"))
+    threshold: float = _f(0.1, "barrier-aware (rule 'server'): share layers whose barrier is "
+                          "below this")
+    margin: float = _f(0.02, "barrier-aware (rule 'server'): hysteresis around the threshold",
+                       min=0.0)
+    barrier_split: str = _f("train", "barrier-aware (rule 'server'): which measured split to read",
+                            choices=SERVER_SPLITS)
     barrier_metric: str = _f("loss", "barrier-aware: which metric to read",
                              choices=("loss", "error"))
     barrier_statistic: str = _f("mean", "barrier-aware: summary over default clients",
@@ -148,8 +160,12 @@ class BarrierConfig:
     # Barriers are differences of losses on one shared sample, so its noise largely cancels;
     # with 300, a 10-client quickstart measurement takes ~0.06 s per split (docs/performance.md).
     n: int = _f(300, "examples in the fixed data sample per split (0 = all)", min=0)
-    splits: tuple[str, ...] = _f(("train", "test"), "data the barriers are measured on",
-                                 choices=SPLITS)
+    splits: tuple[str, ...] = _f(SPLITS, "data the barriers are measured on: the server's "
+                                 "'train'/'test' samples, and each client's own 'local-train' "
+                                 "/'local-test' parts (measured by the clients)", choices=SPLITS)
+    local_n: int = _f(512, "examples each client measures local barriers on, per local split "
+                      "(a seeded sample; 0 = all)", min=0)
+    z: float = _f(2.0, "a barrier is significantly positive when value > z * se", min=0.0)
     families: tuple[str, ...] = _f(FAMILIES, "which barriers to measure", choices=FAMILIES)
     # Layer-set barriers cost (default clients) x (layers) model evaluations per round; with
     # many sampled clients a cap (e.g. 4) keeps a round's measurement O(layers), at the price of
@@ -278,9 +294,12 @@ def _cross_checks(cfg: Config) -> None:
                         "a whole number of GPUs (Ray's rule)")
     if any(s < 1 for s in d.synthetic_shape):
         raise UserError(f"data.synthetic_shape = {d.synthetic_shape} must be positive")
-    if cfg.strategy.name == "barrier-aware" and not cfg.barriers.enabled:
-        raise UserError("strategy.name = 'barrier-aware' needs barriers.enabled = true")
-    if cfg.strategy.name == "barrier-aware" and cfg.strategy.barrier_split not in cfg.barriers.splits:
+    if cfg.strategy.name == "barrier-aware" and cfg.strategy.barrier_rule == "server" \
+            and not cfg.barriers.enabled:
+        raise UserError("strategy.name = 'barrier-aware' with barrier_rule = 'server' needs "
+                        "barriers.enabled = true")
+    if cfg.strategy.name == "barrier-aware" and cfg.strategy.barrier_rule == "server" \
+            and cfg.strategy.barrier_split not in cfg.barriers.splits:
         raise UserError(f"strategy.barrier_split = {cfg.strategy.barrier_split!r} is not measured; "
                         f"barriers.splits = {list(cfg.barriers.splits)}")
     dev = cfg.train.device

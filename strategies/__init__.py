@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from fedbarrier.config import StrategyConfig
 from fedbarrier.errors import UserError
 from fedbarrier.measure.layers import LayerGroups, select_layers
-from strategies.barrier_aware import BarrierAwareFedAvg
+from strategies.barrier_aware import BarrierAwareFedAvg, LocalBarrierAware
 from strategies.dynamic import DynamicAveraging
 from strategies.feddc import FedDC
 from strategies.layerwise import LayerwiseFedAvg, preset_layers
@@ -77,6 +77,8 @@ def build_strategy(cfg: StrategyConfig, num_clients: int, groups: LayerGroups) -
     kwargs = sampling_kwargs(cfg, num_clients)
     if name == "fedavg":
         return FedAvg(**kwargs)  # type: ignore[arg-type]
+    if name == "barrier-aware" and cfg.barrier_rule == "local":
+        return LocalBarrierAware(**kwargs)  # type: ignore[arg-type]
     if name == "barrier-aware":
         return BarrierAwareFedAvg(groups, threshold=cfg.threshold, margin=cfg.margin,
                                   split=cfg.barrier_split, metric=cfg.barrier_metric,

@@ -74,6 +74,11 @@ class DynamicAveraging(FedAvg):
         info = {"synced": int(sync), "divergence_max": max(divergences, default=0.0)}
         return arrays, MetricRecord({**(dict(metrics) if metrics is not None else {}), **info})
 
+    def sends_average(self, server_round: int) -> bool:
+        """Clients hold the average only after a synchronization (local barriers are measured
+        then)."""
+        return self.synced.get(server_round, True)
+
     def state_dict(self) -> dict[str, dict[str, bool]]:
         """For ``fedbarrier run --resume``: which rounds ended in a synchronization (the clients
         keep their references themselves)."""

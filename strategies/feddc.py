@@ -139,6 +139,11 @@ class FedDC(FedAvg):
         info = {"feddc_step": self._step, "feddc_model_from": [held[pid] for pid in sorted(held)]}
         return arrays, MetricRecord({**(dict(metrics) if metrics is not None else {}), **info})
 
+    def sends_average(self, server_round: int) -> bool:
+        """Clients hold the average only after an averaging round (local barriers are measured
+        then; keep and daisy steps have none)."""
+        return feddc_step(server_round, self.daisy_period, self.aggregation_period) == AVERAGE
+
     def state_dict(self) -> dict[str, Any]:
         """For ``fedbarrier run --resume``: the last round (the schedule follows from it) and the
         models to hand over in the next round (``{recipient: {"source", "model"}}``)."""

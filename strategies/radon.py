@@ -130,6 +130,10 @@ class RadonMachine(FedAvg):
                 f" = {self.r}^{self.height} gives r = {self.r}; use {d + 2}^h clients (a smaller "
                 "input or fewer classes makes d smaller)")
 
+    def sends_average(self, server_round: int) -> bool:
+        """The clients get the Radon point, never the average: no local barriers against it."""
+        return False
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.check_model({k: arrays[k].shape for k in arrays})

@@ -149,7 +149,27 @@ def server_sample(
     else:
         raise ValueError(f"unknown split {split!r}")
     if 0 < n < len(pool):
-        rng = np.random.default_rng(derive_seed(seed, Stream.BARRIER_SAMPLE, 0 if split == "train" else 1))
+        rng = np.random.default_rng(derive_seed(seed, Stream.BARRIER_SAMPLE,
+                                                0 if split == "train" else 1))
         pool = np.sort(rng.choice(pool, size=n, replace=False))
     index = torch.as_tensor(pool, dtype=torch.long)
     return source.x[index], source.y[index]
+
+
+def client_sample(fed: Federation, client: int, split: str, n: int, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's own data for its local barriers: ``"local-train"`` its training part,
+    ``"local-test"`` its local test part, as a seeded sample of ``n`` examples (0 = all), fixed
+    per (seed, client, split) so that every round measures on the same examples."""
+    if split == "local-train":
+        pool, kind = fed.train_parts[client], 0
+    elif split == "local-test":
+        pool, kind = fed.test_parts[client], 1
+    else:
+        raise ValueError(f"unknown local split {split!r}")
+    pool = np.asarray(pool)
+    if 0 < n < len(pool):
+        rng = np.random.default_rng(derive_seed(seed, Stream.LOCAL_SAMPLE, client, kind))
+        pool = np.sort(rng.choice(pool, size=n, replace=False))
+    index = torch.as_tensor(pool, dtype=torch.long)
+    return fed.splits.train.x[index], fed.splits.train.y[index]

@@ -12,6 +12,10 @@ without the caller knowing how. What it does beyond the inner strategy:
   by partition id, so sampling and floating-point sums happen in one order run after run;
 - starts the server's evaluation of a round's model in ``configure_evaluate``, so a
   ``global_evaluate`` that returns a ``Future`` overlaps the clients' evaluation;
+- local barriers: in a measured round, every client that trained is asked in the evaluation
+  phase to measure its model against the round's average θ̄ (a message of its own for clients the
+  strategy did not sample for evaluation); layers of θ̄ that the evaluation message does not
+  carry travel in an extra record, counted as instrumentation bytes;
 - resuming after ``completed_rounds``: Flower's loop counts from 1 again; the offset is added here.
 
 It never changes what the inner strategy aggregates.
@@ -19,6 +23,7 @@ It never changes what the inner strategy aggregates.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,12 +31,23 @@ from concurrent.futures import Future
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedbarrier.fl.protocol import CLIENT_RECORD, PARTITION_ID, SHARED_LAYERS
-from fedbarrier.fl.round import Reply, RoundHook, RoundPipeline
+from fedbarrier.fl.protocol import (
+    ADOPTED_LAYERS,
+    AVERAGE,
+    CLIENT_RECORD,
+    LOCAL_BARRIERS,
+    LOCAL_ONLY,
+    LOCAL_RECORD,
+    PARTITION_ID,
+    SERVER_ROUND,
+    SHARED_LAYERS,
+    AverageSchedule,
+)
+from fedbarrier.fl.round import LocalPlan, Reply, RoundHook, RoundPipeline
 from fedbarrier.seeds import sampling_seed
 
 StateDict = dict[str, torch.Tensor]
@@ -67,6 +83,14 @@ def decode(record: ArrayRecord) -> dict[str, torch.Tensor]:
     from the messages (Flower's aggregation parses the arrays itself; caching the decoded values
     on the ``Array`` objects would travel with them to the clients' processes)."""
     return dict(record.to_torch_state_dict())
+
+
+def _differing(average: StateDict, sent: StateDict) -> dict[str, torch.Tensor]:
+    """The tensors of ``average`` that ``sent`` lacks or holds otherwise (beyond the float
+    rounding of another summation order)."""
+    return {k: v for k, v in average.items()
+            if k not in sent or sent[k].shape != v.shape
+            or not torch.allclose(sent[k].to(v.dtype), v, rtol=1e-5, atol=1e-6)}
 
 
 def array_bytes(messages: Iterable[Message], keys: set[str] | None = None) -> int:
@@ -116,9 +140,10 @@ class Instrumented(Strategy):
         min_clients: int = 1,
         completed_rounds: int = 0,
         save_state: Callable[[int, StateDict], None] | None = None,
+        local: LocalPlan | None = None,
     ) -> None:
         self.inner = inner
-        self.pipeline = RoundPipeline(hooks, min_clients=min_clients)
+        self.pipeline = RoundPipeline(hooks, min_clients=min_clients, local=local)
         self.seed = seed
         self.offset = completed_rounds
         self.save_state = save_state
@@ -127,6 +152,8 @@ class Instrumented(Strategy):
         self._sent_keys: set[str] = set()
         self._global_state: tuple[ArrayRecord, StateDict] | None = None  # the last decoded model
         self._caller_evaluate: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+        self._trained: dict[int, int] = {}  # client id -> node id, this round's usable replies
+        self._local_only: set[int] = set()  # nodes asked for local barriers alone
         # (round, arrays, metrics or Future): the global evaluation started in configure_evaluate
         self._global: tuple[int, ArrayRecord, Any] | None = None
 
@@ -161,8 +188,17 @@ class Instrumented(Strategy):
         metrics = dict(next(iter(content.metric_records.values()), {}))
         records = list(content.array_records.values())
         state = decode(records[0]) if with_state and len(records) == 1 else None
+        adopted = None
+        if CLIENT_RECORD in content.config_records \
+                and ADOPTED_LAYERS in content.config_records[CLIENT_RECORD]:
+            adopted = [str(x) for x in content.config_records[CLIENT_RECORD][ADOPTED_LAYERS]]
+        local = None
+        if LOCAL_RECORD in content.config_records:
+            local = {split: json.loads(str(text))
+                     for split, text in content.config_records[LOCAL_RECORD].items()}
         return Reply(client=client, metrics=metrics, state=state, array_records=len(records),
-                     nbytes=_record_bytes(msg), nbytes_shared=_record_bytes(msg, self._sent_keys))
+                     nbytes=_record_bytes(msg), nbytes_shared=_record_bytes(msg, self._sent_keys),
+                     adopted=adopted, local=local)
 
     # -- Strategy -------------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
@@ -203,6 +239,8 @@ class Instrumented(Strategy):
         server_round += self.offset
         messages = self._sorted(replies)
         usable = self.pipeline.train_replies([self._reply(m, with_state=True) for m in messages])
+        self._trained = {self.pipeline.record.clients[j]: messages[i].metadata.src_node_id
+                         for j, i in enumerate(usable)}
         arrays, metrics = self.inner.aggregate_train(server_round, [messages[i] for i in usable])
         self.pipeline.train_metrics(metrics)
         return arrays, metrics
@@ -214,6 +252,9 @@ class Instrumented(Strategy):
         messages = list(self.inner.configure_evaluate(server_round, arrays,
                                                       ConfigRecord(dict(config)), self._grid(grid)))
         self.pipeline.evaluate_sent(array_bytes(messages))
+        self._local_only = set()
+        if self.pipeline.local_round():
+            messages = self._ask_local_barriers(server_round, arrays, config, messages)
         if self.global_evaluate is not None:
             # Flower evaluates these arrays on the server after the clients' evaluation; a
             # global_evaluate that returns a Future works while the clients evaluate.
@@ -221,13 +262,62 @@ class Instrumented(Strategy):
                             self.global_evaluate(server_round, self._state(arrays)))
         return messages
 
+    def _ask_local_barriers(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                            messages: list[Message]) -> list[Message]:
+        """The evaluation messages, with every trained client asked for local barriers."""
+        if len(self._trained) < 2:
+            self.pipeline.skip_local("fewer than 2 usable client models")
+            return messages
+        if isinstance(self.inner, AverageSchedule) and not self.inner.sends_average(server_round):
+            self.pipeline.skip_local("the strategy sends no average after this round")
+            return messages
+        average = self.pipeline.average
+        assert average is not None
+        by_node = {m.metadata.dst_node_id: m for m in messages}
+        template = messages[0] if messages else None
+        decoded: dict[int, StateDict] = {}
+        trained_nodes = [node for _, node in sorted(self._trained.items())]
+        out = [m for m in messages if m.metadata.dst_node_id not in set(trained_nodes)]
+        extra_bytes = 0
+        for node in trained_nodes:
+            base = by_node.get(node, template)
+            if base is not None:
+                (arrays_key, sent), = base.content.array_records.items()
+                (config_key, base_config), = base.content.config_records.items()
+            else:  # the strategy evaluates nobody: send what it would send next, the model
+                arrays_key, sent, config_key = "arrays", arrays, "config"
+                base_config = ConfigRecord({**dict(config), SERVER_ROUND: server_round})
+            if id(sent) not in decoded:
+                decoded[id(sent)] = decode(sent)
+            missing = _differing(average, decoded[id(sent)])
+            local_only = node not in by_node
+            content = RecordDict({
+                arrays_key: sent,
+                config_key: ConfigRecord({**dict(base_config), LOCAL_BARRIERS: True,
+                                          LOCAL_ONLY: local_only})})
+            if missing:
+                content[AVERAGE] = ArrayRecord(missing)
+                extra_bytes += sum(len(a.data) for a in content[AVERAGE].values())
+            if local_only:
+                self._local_only.add(node)
+                extra_bytes += sum(len(a.data) for a in sent.values())
+            out.append(Message(content=content, dst_node_id=node,
+                               message_type=MessageType.EVALUATE))
+        self.pipeline.record.bytes_instrumentation += extra_bytes
+        return out
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         server_round += self.offset
         messages = self._sorted(replies)
-        metrics = self.inner.aggregate_evaluate(server_round, messages)
-        self.pipeline.evaluate_replies([self._reply(m, with_state=False) for m in messages],
-                                       metrics)
+        decoded = [self._reply(m, with_state=False) for m in messages]
+        reports = {r.client: r.local for r in decoded if r.local is not None}
+        keep = [i for i, m in enumerate(messages)
+                if m.metadata.src_node_id not in self._local_only]
+        metrics = self.inner.aggregate_evaluate(server_round, [messages[i] for i in keep])
+        self.pipeline.evaluate_replies([decoded[i] for i in keep], metrics)
+        if self.pipeline.local_round():
+            self.pipeline.local_reports(reports)
         return metrics
 
     def summary(self) -> None:

@@ -7,9 +7,11 @@ simulation engine); without one it reads the config path from the run config, as
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,13 +20,20 @@ from torch import nn
 
 from fedbarrier.config import Config, ModelConfig, load_config
 from fedbarrier.data.federation import federation, use_shared_data
+from fedbarrier.fl.client_measure import adopted_keys, adoption, local_report, local_splits
 from fedbarrier.fl.client_store import ClientStore
 from fedbarrier.fl.protocol import (
+    ADOPT_BY_BARRIER,
+    ADOPTED_LAYERS,
     ARRAYS,
+    AVERAGE,
     CLIENT_RECORD,
     CONFIG,
     DIVERGED,
     DIVERGENCE,
+    LOCAL_BARRIERS,
+    LOCAL_ONLY,
+    LOCAL_RECORD,
     LOCAL_STEPS,
     LOCAL_TEST_ACCURACY,
     LOCAL_TEST_LOSS,
@@ -83,22 +92,35 @@ def received_state(msg: Message) -> dict[str, torch.Tensor]:
 
 
 def load_model(cfg: Config, msg: Message, received: dict[str, torch.Tensor], pid: int,
-               saved: dict[str, dict[str, torch.Tensor]] | None) -> tuple[nn.Module, bool]:
-    """The model this client works with, and whether it keeps personal layers."""
+               saved: dict[str, dict[str, torch.Tensor]] | None
+               ) -> tuple[nn.Module, bool, list[str] | None]:
+    """The model this client works with, whether it keeps personal layers, and (barrier-aware)
+    the averaged layers it adopted."""
     fed = federation(cfg.data, cfg.seed)
     model = _model(cfg.model, fed.input_shape, fed.num_classes)
-    personal = SHARED_LAYERS in msg.content[CONFIG]
-    own = saved.get(MODEL_STATE) if saved else None
-    state = compose_state(received, own or None, _initial(cfg, pid)) if personal else received
+    config = msg.content[CONFIG]
+    own = (saved.get(MODEL_STATE) if saved else None) or None
+    adopted = None
+    if config.get(ADOPT_BY_BARRIER):  # keep own weights where the average would hurt
+        adopted = adoption(cfg, pid, own, received, client_device(cfg.train.device)).layers
+        keys = adopted_keys(cfg, adopted)
+        received = {k: v for k, v in received.items() if k in keys}
+    personal = adopted is not None or SHARED_LAYERS in config
+    state = compose_state(received, own, _initial(cfg, pid)) if personal else received
     model.load_state_dict(state)
-    return model, personal
+    return model, personal, adopted
 
 
-def _reply(msg: Message, arrays: ArrayRecord | None, metrics: dict[str, float], pid: int) -> Message:
-    content = RecordDict({METRICS: MetricRecord(metrics),
-                          CLIENT_RECORD: ConfigRecord({PARTITION_ID: pid})})
+def _reply(msg: Message, arrays: ArrayRecord | None, metrics: dict[str, float], pid: int,
+           adopted: list[str] | None = None, local: dict[str, str] | None = None) -> Message:
+    client: dict[str, Any] = {PARTITION_ID: pid}
+    if adopted is not None:
+        client[ADOPTED_LAYERS] = adopted
+    content = RecordDict({METRICS: MetricRecord(metrics), CLIENT_RECORD: ConfigRecord(client)})
     if arrays is not None:
         content[ARRAYS] = arrays
+    if local is not None:
+        content[LOCAL_RECORD] = ConfigRecord(local)
     return Message(content=content, reply_to=msg)
 
 
@@ -108,7 +130,7 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
     store = ClientStore(store_root, pid)
     saved = store.load_before(server_round)
     received = received_state(msg)  # decoded once: the model and the reference both use it
-    model, personal = load_model(cfg, msg, received, pid, saved)
+    model, personal, adopted = load_model(cfg, msg, received, pid, saved)
     data = federation(cfg.data, cfg.seed).client_train(pid)
     t = cfg.train
     buffers = (saved or {}).get(OPTIMIZER_STATE) if t.keep_optimizer_state else None
@@ -118,14 +140,17 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
                          steps=int(msg.content[CONFIG].get(LOCAL_STEPS, t.local_steps)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reference = reference_model(received, saved) if msg.content[CONFIG].get(DIVERGENCE) else {}
-    if personal or t.keep_optimizer_state:
-        store.save(server_round, {MODEL_STATE: state if personal else {},
+    # Its own model is kept when layers stay personal, and for local barriers (measured against
+    # the round's average in the evaluation phase).
+    keep_model = personal or bool(local_splits(cfg))
+    if keep_model or t.keep_optimizer_state:
+        store.save(server_round, {MODEL_STATE: state if keep_model else {},
                                   OPTIMIZER_STATE: (stats.momentum or {}) if t.keep_optimizer_state
                                   else {}, REFERENCE_STATE: reference})
     metrics = {NUM_EXAMPLES: len(data), TRAIN_LOSS: stats.loss, DIVERGED: float(stats.diverged)}
     if reference:
         metrics[DIVERGENCE] = squared_distance(state, reference)
-    return _reply(msg, ArrayRecord(state), metrics, pid)
+    return _reply(msg, ArrayRecord(state), metrics, pid, adopted=adopted)
 
 
 def reference_model(received: dict[str, torch.Tensor],
@@ -142,15 +167,31 @@ def squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 
 def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Path) -> Message:
+    """Accuracy on the local test part (unless asked for local barriers alone), and the local
+    barriers of this round's model against the round's average when asked."""
     pid = int(context.node_config[PARTITION_ID])
-    server_round = int(msg.content[CONFIG][SERVER_ROUND])
-    saved = ClientStore(store_root, pid).load_before(server_round + 1)  # this round's training
-    model, _ = load_model(cfg, msg, received_state(msg), pid, saved)
-    data = federation(cfg.data, cfg.seed).client_test(pid)
-    loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
-                         device=client_device(cfg.train.device))
-    metrics = {NUM_EXAMPLES: len(data), LOCAL_TEST_LOSS: loss, LOCAL_TEST_ACCURACY: acc}
-    return _reply(msg, None, metrics, pid)
+    config = msg.content[CONFIG]
+    server_round = int(config[SERVER_ROUND])
+    store = ClientStore(store_root, pid)
+    saved = store.load_before(server_round + 1)  # this round's training
+    received = received_state(msg)
+    metrics: dict[str, float] = {}
+    if not config.get(LOCAL_ONLY):
+        model, _, _ = load_model(cfg, msg, received, pid, saved)
+        data = federation(cfg.data, cfg.seed).client_test(pid)
+        loss, acc = evaluate(model, data.x, data.y, batch_size=cfg.train.eval_batch_size,
+                             device=client_device(cfg.train.device))
+        metrics = {NUM_EXAMPLES: len(data), LOCAL_TEST_LOSS: loss, LOCAL_TEST_ACCURACY: acc}
+    local = None
+    if config.get(LOCAL_BARRIERS):
+        own = store.load(server_round)  # the model this client returned in this round
+        average = {**received, **(msg.content[AVERAGE].to_torch_state_dict()
+                                  if AVERAGE in msg.content else {})}
+        device = client_device(cfg.train.device)
+        local = {split: json.dumps(local_report(cfg, pid, (own or {}).get(MODEL_STATE) or None,
+                                                average, split, device))
+                 for split in local_splits(cfg)}
+    return _reply(msg, None, metrics, pid, local=local)
 
 
 def client_query(msg: Message, context: Context) -> Message:

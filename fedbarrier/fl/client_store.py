@@ -38,6 +38,11 @@ class ClientStore:
             return None
         return torch.load(self.folder / f"round-{earlier[-1]:04d}.pt", weights_only=True)
 
+    def load(self, server_round: int) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The state saved in exactly ``server_round`` (None if the client saved none then)."""
+        path = self.folder / f"round-{server_round:04d}.pt"
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
     def save(self, server_round: int, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write this round's state atomically and drop states older than the last ``KEEP``."""
         path = self.folder / f"round-{server_round:04d}.pt"

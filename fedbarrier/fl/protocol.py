@@ -9,7 +9,13 @@ Server -> client (train and evaluate messages)
     ``CONFIG``         ConfigRecord: ``SERVER_ROUND`` (set by Flower), and optionally
                        ``SHARED_LAYERS`` (the layer names sent: the client keeps its own weights
                        for the rest), ``LOCAL_STEPS`` (SGD steps this round), ``DIVERGENCE``
-                       (report ||model - reference||^2)
+                       (report ||model - reference||^2), ``ADOPT_BY_BARRIER`` (train: adopt the
+                       averaged layers by local barrier, barrier-aware), ``LOCAL_BARRIERS``
+                       (evaluate: measure local barriers against the round's average; with
+                       ``LOCAL_ONLY`` the client was sent the message for that alone)
+    ``AVERAGE``        ArrayRecord (evaluate, with ``LOCAL_BARRIERS``): the layers of the round's
+                       average θ̄ that ``ARRAYS`` does not carry (under partial sharing, the
+                       personal layers' average; counted as instrumentation bytes)
 
 Client -> server (replies)
     ``ARRAYS``         ArrayRecord: the client's whole trained model (train replies only)
@@ -17,7 +23,10 @@ Client -> server (replies)
                        ``DIVERGED`` (1.0 for a non-finite training loss), ``DIVERGENCE`` when
                        asked; evaluate replies: ``NUM_EXAMPLES`` and the local test metrics
     ``CLIENT_RECORD``  ConfigRecord: ``PARTITION_ID``, the client's stable id (node ids are random
-                       and change on a resume)
+                       and change on a resume); ``ADOPTED_LAYERS`` (train, barrier-aware: the
+                       averaged layers it adopted)
+    ``LOCAL_RECORD``   ConfigRecord (evaluate, with ``LOCAL_BARRIERS``): per local split, its local
+                       barriers as a JSON text, or why they were skipped; no data leaves a client
 
 Strategy extensions
     A strategy is any Flower Message-API ``Strategy``. It may also implement the small protocols
@@ -35,12 +44,17 @@ ARRAYS = "arrays"  # Flower's FedAvg default `arrayrecord_key`
 CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
 METRICS = "metrics"
 CLIENT_RECORD = "client"
+AVERAGE = "barrier-average"
+LOCAL_RECORD = "local-barriers"
 
 # -- config keys (server -> client) -------------------------------------------------------------
 SERVER_ROUND = "server-round"  # written by Flower's strategies
 SHARED_LAYERS = "shared-layers"
 LOCAL_STEPS = "local-steps"
 DIVERGENCE = "divergence"  # also the metric key of the reply
+ADOPT_BY_BARRIER = "adopt-by-barrier"
+LOCAL_BARRIERS = "local-barriers"
+LOCAL_ONLY = "local-only"
 
 # -- metric keys (client -> server) -------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key
@@ -51,6 +65,7 @@ LOCAL_TEST_ACCURACY = "local_test_accuracy"
 
 # -- client record keys ---------------------------------------------------------------------------
 PARTITION_ID = "partition-id"  # also the node_config key the simulation engine sets
+ADOPTED_LAYERS = "adopted-layers"
 
 
 @runtime_checkable
@@ -68,6 +83,15 @@ class BarrierListener(Protocol):
     hook then measures before aggregation, blocking)."""
 
     def observe(self, record: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class AverageSchedule(Protocol):
+    """A strategy whose clients do not hold the p-weighted average after every round (FedDC's
+    keep and daisy steps, dynamic averaging without a synchronization, the Radon machine): local
+    barriers against the average are measured only in rounds where it says so."""
+
+    def sends_average(self, server_round: int) -> bool: ...
 
 
 @runtime_checkable

@@ -45,7 +45,9 @@ class ProgressPrinter:
     FORMATS = {"train_loss": "train loss {:.3f}", "global_test_accuracy": "global acc {:.1f}%",
                "local_test_accuracy": "local acc {:.1f}%",
                "barrier_full_test_loss": "barrier test loss {:+.3f}",
-               "barrier_full_test_error": "err {:+.1f}pp"}
+               "barrier_full_test_error": "err {:+.1f}pp",
+               "barrier_local_full_local-train_error": "| local-train err {:+.1f}pp",
+               "barrier_local_full_local-test_error": "local-test err {:+.1f}pp"}
 
     def __init__(self, num_rounds: int, stream: TextIO = sys.stderr, first_round: int = 1) -> None:
         self.num_rounds = num_rounds

@@ -10,6 +10,10 @@ the matching ``Strategy`` method; tests call them directly with hand-made :class
    the clients evaluate);
 3. :meth:`RoundPipeline.train_metrics` / :meth:`RoundPipeline.evaluate_replies` -- the strategy's
    aggregated metrics and the clients' evaluation spread;
+   With local barriers on (``LocalPlan``), the pipeline also holds the round's p-weighted average
+   θ̄ of the usable models (what each client compares its own model with) and turns the clients'
+   local-barrier reports into records (:meth:`RoundPipeline.local_reports`, or
+   :meth:`RoundPipeline.skip_local` with the reason when the round has no average);
 4. :meth:`RoundPipeline.finish` -- wait for the hooks, time the round, save the round's state,
    then hand the complete :class:`RoundRecord` to each hook's ``on_round_end``. The state is saved
    before the record is written, so a recorded round always has the state to resume from.
@@ -30,6 +34,7 @@ import torch
 
 from fedbarrier.errors import RunAborted
 from fedbarrier.fl.protocol import DIVERGED, NUM_EXAMPLES
+from fedbarrier.measure.barriers import average_states
 from fedbarrier.measure.hook import ClientModels
 
 StateDict = Mapping[str, torch.Tensor]
@@ -61,6 +66,8 @@ class Reply:
     array_records: int = 1  # how many ArrayRecords the reply held (one is expected)
     nbytes: int = 0  # bytes of all its arrays
     nbytes_shared: int = 0  # bytes of the arrays whose keys the server sent (what the strategy shares)
+    adopted: list[str] | None = None  # barrier-aware: the averaged layers the client adopted
+    local: Mapping[str, Any] | None = None  # local split -> the client's local-barrier report
 
 
 def check_reply(reply: Reply, expected: StateDict) -> str | None:
@@ -121,6 +128,7 @@ class RoundRecord:
     bytes_received: int = 0  # arrays received that the strategy shares
     bytes_instrumentation: int = 0  # arrays received only for measurement
     clients: list[int] = field(default_factory=list)  # whose models were aggregated, in order
+    adopted_layers: dict[str, list[str]] | None = None  # barrier-aware: client id -> its layers
     train: dict[str, Any] = field(default_factory=dict)  # the strategy's aggregated train metrics
     evaluate: dict[str, Any] = field(default_factory=dict)  # client spread, aggregated evaluation
     global_: dict[str, Any] = field(default_factory=dict)  # the server's evaluation
@@ -135,6 +143,8 @@ class RoundRecord:
             out["shared_layers"] = self.shared_layers
         out.update(excluded_clients=self.excluded_clients, bytes_received=self.bytes_received,
                    bytes_instrumentation=self.bytes_instrumentation, clients=self.clients)
+        if self.adopted_layers is not None:
+            out["adopted_layers"] = self.adopted_layers
         out.update(self.train)
         out.update(self.evaluate)
         out.update(self.global_)
@@ -162,12 +172,25 @@ def _as_dict(state: StateDict) -> dict[str, torch.Tensor]:
     return state if isinstance(state, dict) else dict(state)
 
 
+@dataclass(frozen=True)
+class LocalPlan:
+    """Local barriers (measured by the clients): which splits, in which rounds, written where."""
+
+    splits: tuple[str, ...]
+    measured: Callable[[int], bool]  # whether round r is measured
+    write: Callable[[dict[str, Any]], None] | None = None  # one record per (round, local split)
+
+
 class RoundPipeline:
     """One round at a time: see the module docstring for the order of the steps."""
 
-    def __init__(self, hooks: Sequence[RoundHook] = (), *, min_clients: int = 1) -> None:
+    def __init__(self, hooks: Sequence[RoundHook] = (), *, min_clients: int = 1,
+                 local: LocalPlan | None = None) -> None:
         self.hooks = list(hooks)
         self.min_clients = min_clients
+        self.local = local
+        self.average: dict[str, torch.Tensor] | None = None  # θ̄ of a round with local barriers
+        self._weights: dict[int, int] = {}
         self.record = RoundRecord(round=0)
         self._expected: StateDict = {}
         self._sent_to: dict[int, StateDict] = {}
@@ -186,6 +209,8 @@ class RoundPipeline:
         self._expected = received
         self._sent_to = dict(sent_to or {})
         self._pending = []
+        self.average = None
+        self._weights = {}
 
     def train_replies(self, replies: Sequence[Reply]) -> list[int]:
         """Check the replies (ordered by client id), run the hooks; the indices of the usable
@@ -208,6 +233,9 @@ class RoundPipeline:
                 f"round {record.round}: only {len(usable)} usable client models (minimum "
                 f"strategy.min_clients = {self.min_clients}); excluded: "
                 + "; ".join(f"client {c}: {r}" for c, r in record.excluded_clients.items()))
+        adopted = {str(replies[i].client): list(replies[i].adopted or []) for i in usable
+                   if replies[i].adopted is not None}
+        record.adopted_layers = adopted or None
         models = ClientModels(
             server_round=record.round,
             client_ids=record.clients,
@@ -216,6 +244,9 @@ class RoundPipeline:
             received=_as_dict(self._expected),
             sent=[_as_dict(self._sent_to.get(replies[i].client, {})) for i in usable],
         )
+        self._weights = dict(zip(models.client_ids, models.num_examples))
+        if self.local is not None and self.local.measured(record.round) and models.states:
+            self.average = average_states(models.states, models.num_examples)
         for hook in self.hooks:
             values = hook.before_aggregation(models)
             if isinstance(values, Future):
@@ -223,6 +254,46 @@ class RoundPipeline:
             else:
                 record.measured.update(values or {})
         return usable
+
+    def local_round(self) -> bool:
+        """Whether the clients measure local barriers after this round's training."""
+        return self.average is not None
+
+    def skip_local(self, reason: str) -> None:
+        """No local barriers this round (e.g. the strategy sends no average): say why."""
+        assert self.local is not None
+        self.average = None
+        self.record.measured["local_barriers_skipped"] = reason
+        for split in self.local.splits:
+            self._write_local({"round": self.record.round, "split": split, "skipped": reason})
+
+    def local_reports(self, reports: Mapping[int, Mapping[str, Any]]) -> None:
+        """The clients' local-barrier reports (client -> split -> report): one record per
+        local split with every client's values and their summaries over the clients."""
+        from fedbarrier.measure.local import summarize_local  # noqa: PLC0415 (until it lands)
+
+        assert self.local is not None
+        for split in self.local.splits:
+            per_client = {c: r[split] for c, r in sorted(reports.items()) if split in r}
+            measured = {c: r for c, r in per_client.items() if "skipped" not in r}
+            record: dict[str, Any] = {
+                "round": self.record.round, "split": split,
+                "clients": sorted(measured),
+                "skipped_clients": {str(c): r["skipped"] for c, r in per_client.items()
+                                    if "skipped" in r},
+                "missing_clients": sorted(set(self._weights) - set(per_client)),
+            }
+            if measured:
+                summary = summarize_local(measured, {c: self._weights.get(c, 1) for c in measured})
+                record.update(summary)
+                record["by_client"] = {str(c): r for c, r in measured.items()}
+                for metric, stats in summary.get("full", {}).items():
+                    self.record.measured[f"barrier_local_full_{split}_{metric}"] = stats["mean"]
+            self._write_local(record)
+
+    def _write_local(self, record: dict[str, Any]) -> None:
+        if self.local is not None and self.local.write is not None:
+            self.local.write(record)
 
     def train_metrics(self, metrics: Mapping[str, Any] | None) -> None:
         """The strategy's aggregated training metrics."""

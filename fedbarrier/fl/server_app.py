@@ -13,9 +13,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedbarrier.config import Config
+from fedbarrier.config import SERVER_SPLITS, Config
 from fedbarrier.data.federation import federation, server_sample
 from fedbarrier.fl.adapter import Instrumented
+from fedbarrier.fl.client_measure import local_splits
 from fedbarrier.fl.protocol import (
     CLIENT_RECORD,
     PARTITION_ID,
@@ -23,7 +24,7 @@ from fedbarrier.fl.protocol import (
     ResumableStrategy,
 )
 from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, ProgressPrinter
-from fedbarrier.fl.round import RoundHook
+from fedbarrier.fl.round import LocalPlan, RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
 from fedbarrier.measure.hook import BarrierHook
 from fedbarrier.measure.layers import layer_groups, model_stages
@@ -129,7 +130,7 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         return compute.submit(evaluate_global, server_round, state)
 
     hooks: list[RoundHook] = []
-    if cfg.barriers.enabled:
+    if cfg.barriers.enabled and any(s in SERVER_SPLITS for s in cfg.barriers.splits):
         barrier_model = initial_model(cfg, fed)  # a separate module: evaluation swaps its tensors
         hooks.append(BarrierHook(
             cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
@@ -159,10 +160,26 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
     strategy = Instrumented(inner, hooks,
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
                             global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients,
-                            completed_rounds=completed_rounds, save_state=save_state)
+                            completed_rounds=completed_rounds, save_state=save_state,
+                            local=local_plan(cfg, run_dir))
     strategy.start(grid=grid, initial_arrays=initial,
                    num_rounds=cfg.train.rounds - completed_rounds,
                    train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+
+
+def measured_round(cfg: Config, server_round: int) -> bool:
+    """Whether barriers are measured after ``server_round`` (``barriers.every``, and the last)."""
+    return cfg.barriers.enabled and (server_round % cfg.barriers.every == 0
+                                     or server_round == cfg.train.rounds)
+
+
+def local_plan(cfg: Config, run_dir: RunDir | None) -> LocalPlan | None:
+    """The clients' local barriers of this run (None when it measures none)."""
+    splits = local_splits(cfg)
+    if not splits:
+        return None
+    return LocalPlan(splits=splits, measured=lambda r: measured_round(cfg, r),
+                     write=run_dir.append_barriers if run_dir is not None else None)
 
 
 def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbarrier.config import BarrierConfig
+from fedbarrier.config import SERVER_SPLITS, BarrierConfig
 from fedbarrier.measure.barriers import layer_distances, measure_barriers
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import LayerGroups, Stage
@@ -147,7 +147,7 @@ class BarrierHook:
                                      reference=models.sent or models.received)
                      if self.cfg.distances else None)
         summary: dict[str, Any] = {}
-        for split in self.cfg.splits:
+        for split in [s for s in self.cfg.splits if s in SERVER_SPLITS]:
             x, y = self.sample(split, ids)
             record = {"round": models.server_round, "split": split, "clients": ids,
                       "num_examples": models.num_examples,
