@@ -67,6 +67,10 @@ class DataConfig:
                                  "examples, or fails", min=0)
     test_fraction: float = _f(0.2, "fraction of each client's partition held out as its local "
                               "test part", min=0.0, lt=1.0)
+    train_size: int = _f(0, "use a seeded subset of this many training images (0 = all): "
+                         "partitions, local test parts and the server's train split draw from it",
+                         min=0)
+    test_size: int = _f(0, "use a seeded subset of this many global test images (0 = all)", min=0)
     # Only for dataset = "synthetic": generated, learnable images.
     synthetic_classes: int = _f(10, "synthetic: number of classes", min=2)
     synthetic_shape: tuple[int, ...] = _f((3, 32, 32), "synthetic: image shape [C, H, W]", items=3)

@@ -31,6 +31,7 @@ class Stream(IntEnum):
     LAYER_ORDERS = 11  # (): the random layer orders of cumulative barriers
     ROBUSTNESS = 13  # (index, draw): `analyze robustness` directions
     SUBSPACE = 17  # (..., draw, kind): `analyze subspace` noise
+    SUBSET = 29  # (0 = train, 1 = test): data.train_size / data.test_size subsets
     LOCAL_SAMPLE = 23  # (client, 0 = local-train, 1 = local-test): a client's local barrier sample
 
 

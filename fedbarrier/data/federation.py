@@ -16,7 +16,7 @@ server-side validation set (``split = "test"``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -109,10 +109,21 @@ def _load(cfg: DataConfig, seed: int) -> DatasetSplits:
                         synthetic=_spec(cfg, seed))
 
 
+def _subset(data: ImageDataset, size: int, seed: int, kind: int) -> ImageDataset:
+    """A seeded subset of ``size`` examples (in their original order); all for 0 or more."""
+    if size == 0 or size >= len(data):
+        return data
+    rng = np.random.default_rng(derive_seed(seed, Stream.SUBSET, kind))
+    return data.subset(np.sort(rng.choice(len(data), size=size, replace=False)))
+
+
 @lru_cache(maxsize=4)
 def federation(cfg: DataConfig, seed: int) -> Federation:
     """Load the dataset and partition it; the same (cfg, seed) gives the same partition anywhere."""
     splits = _load(cfg, seed)
+    if cfg.train_size or cfg.test_size:
+        splits = replace(splits, train=_subset(splits.train, cfg.train_size, seed, 0),
+                         test=_subset(splits.test, cfg.test_size, seed, 1))
     labels = splits.train.y.numpy()
     if cfg.num_clients > len(labels):
         raise UserError(f"data.num_clients = {cfg.num_clients} exceeds the {len(labels)} training "
