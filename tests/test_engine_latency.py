@@ -1,4 +1,5 @@
-"""The simulation engine's latency fixes: wiring, restoring, and that they really take effect.
+"""The simulation engine's latency fixes: wiring, restoring, that they really take effect, and
+that they cannot hurt a run (other releases, changed signatures, patches that raise).
 
 No assertion here is a speed target: each bound is 100x or more away from the behaviour it
 checks (a dispatcher that is woken vs. one that sleeps a minute).
@@ -12,18 +13,22 @@ import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from fedbarrier.runtime import engine_patches as engine_latency
 from fedbarrier.config import load_config
+from fedbarrier.fl import simulation
 from fedbarrier.fl.simulation import run_experiment, scratch_root
+from fedbarrier.runtime import engine_patches as engine_latency
 from fedbarrier.runtime.engine_patches import (
     ShortWaitQueue,
     dispatch_messages,
     fast_dispatch,
     stop_autoscaler_monitor,
     supported,
+    unsupported_reason,
 )
 from tests.conftest import TINY
 
@@ -47,25 +52,202 @@ class FakeState:
         return taken
 
 
-def test_installed_flower_and_ray_have_the_names_the_fixes_replace() -> None:
-    """Fails when a Flower release renames them: the fixes would silently stop applying."""
-    assert supported()
-
-
-def test_fast_dispatch_replaces_the_engine_names_and_restores_them() -> None:
+def engine_names() -> tuple:
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
-    before = (vce_api.add_messages_to_queue, vce_api.Queue, InMemoryLinkState.store_message_ins,
-              RayBackend.terminate)
+    return (vce_api.add_messages_to_queue, vce_api.Queue, InMemoryLinkState.store_message_ins,
+            RayBackend.terminate)
+
+
+def test_installed_flower_and_ray_are_those_the_fixes_were_written_for() -> None:
+    """Fails when Flower or Ray is upgraded past the tested releases or changes the replaced
+    functions: the fixes would silently stop applying (runs still work, at the old latency)."""
+    assert unsupported_reason() is None
+    assert supported()
+
+
+@pytest.mark.parametrize("package, version", [("flwr", "1.43.0"), ("flwr", "1.40.2"),
+                                              ("flwr", "1.43.0.dev20261026"), ("ray", "2.56.0"),
+                                              ("ray", "2.54.1"), ("ray", "3.0.0")])
+def test_another_release_leaves_the_engine_unpatched(monkeypatch, package, version) -> None:
+    installed = engine_latency.metadata.version
+    monkeypatch.setattr(engine_latency.metadata, "version",
+                        lambda name: version if name == package else installed(name))
+    assert not supported()
+    assert f"{package} {'.'.join(version.split('.')[:2])} is not one" in unsupported_reason()
+    before = engine_names()
     with fast_dispatch():
-        assert vce_api.add_messages_to_queue is dispatch_messages
-        assert vce_api.Queue is ShortWaitQueue
-        assert InMemoryLinkState.store_message_ins is not before[2]
-        assert RayBackend.terminate is not before[3]
-    assert (vce_api.add_messages_to_queue, vce_api.Queue, InMemoryLinkState.store_message_ins,
-            RayBackend.terminate) == before
+        assert engine_names() == before
+    if package == "ray":  # Ray's process objects may have changed: leave them to ray.shutdown
+        assert not stop_autoscaler_monitor()
+
+
+def test_a_missing_package_leaves_the_engine_unpatched(monkeypatch) -> None:
+    def version(name: str) -> str:
+        raise engine_latency.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(engine_latency.metadata, "version", version)
+    assert "not installed" in unsupported_reason()
+
+
+def _flower_functions_with_other_signatures():
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop, poll=0.1): ...
+    def store_message_ins(self, message, *, validate=True): ...
+    def terminate(self, timeout): ...
+
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    return [(vce_api, "add_messages_to_queue", add_messages_to_queue),
+            (InMemoryLinkState, "store_message_ins", store_message_ins),
+            (RayBackend, "terminate", terminate)]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["add_messages_to_queue", "store_message_ins",
+                                                  "terminate"])
+def test_a_changed_signature_leaves_the_engine_unpatched(monkeypatch, index) -> None:
+    owner, name, changed = _flower_functions_with_other_signatures()[index]
+    monkeypatch.setattr(owner, name, changed)
+    assert not supported()
+    assert name in unsupported_reason()
+    before = engine_names()
+    with fast_dispatch():
+        assert engine_names() == before
+
+
+def test_an_engine_without_queue_queue_is_left_unpatched(monkeypatch) -> None:
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    monkeypatch.setattr(vce_api, "Queue", type("OtherQueue", (queue.Queue,), {}))
+    assert not supported()
+
+
+def test_fast_dispatch_replaces_the_engine_names_and_restores_them() -> None:
+    before = engine_names()
+    with fast_dispatch():
+        during = engine_names()
+        assert during[1] is ShortWaitQueue
+        assert all(now is not then for now, then in zip(during, before))
+    assert engine_names() == before
+
+
+def test_a_failing_dispatcher_falls_back_to_flowers_own(monkeypatch) -> None:
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    def broken(*args):
+        raise AttributeError("a LinkState without get_message_ins(limit=)")
+
+    monkeypatch.setattr(engine_latency, "dispatch_messages", broken)
+    state, out, stop = FakeState(), queue.Queue(), threading.Event()
+    with fast_dispatch():
+        thread = threading.Thread(target=vce_api.add_messages_to_queue,
+                                  args=(state, out, {1: 0}, stop))
+        thread.start()
+        try:
+            state.add(1, "a")
+            assert out.get(timeout=30) == "a"  # delivered by Flower's loop: ours raised at once
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_a_failing_wake_up_still_stores_the_message_as_flower_does(monkeypatch) -> None:
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    stored = []
+
+    def store_message_ins(self, message):
+        stored.append(message)
+        return "message-id"
+
+    class Broken:
+        def set(self) -> None:
+            raise RuntimeError("cannot wake the dispatcher")
+
+    monkeypatch.setattr(InMemoryLinkState, "store_message_ins", store_message_ins)
+    monkeypatch.setattr(engine_latency, "_new_message", Broken())
+    with fast_dispatch():
+        assert InMemoryLinkState.store_message_ins is not store_message_ins
+        assert InMemoryLinkState.store_message_ins(object(), "m") == "message-id"
+    assert stored == ["m"]
+
+
+def test_a_failing_monitor_stop_still_terminates_the_backend(monkeypatch) -> None:
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    terminated = []
+
+    def terminate(self):
+        terminated.append(self)
+
+    def broken() -> bool:
+        raise RuntimeError("Ray's process objects changed")
+
+    monkeypatch.setattr(RayBackend, "terminate", terminate)
+    monkeypatch.setattr(engine_latency, "stop_autoscaler_monitor", broken)
+    backend = object()
+    with fast_dispatch():
+        assert RayBackend.terminate is not terminate
+        RayBackend.terminate(backend)
+    assert terminated == [backend]
+
+
+@pytest.mark.parametrize("process", [object(), SimpleNamespace(poll=lambda: None, kill=None)],
+                         ids=["no poll", "kill not callable"])
+def test_stop_autoscaler_monitor_never_raises(monkeypatch, process) -> None:
+    from ray._private import worker
+
+    node = SimpleNamespace(head=True, all_processes={"monitor": [SimpleNamespace(process=process)]})
+    monkeypatch.setattr(worker, "_global_node", node)
+    assert stop_autoscaler_monitor() is False
+
+
+@pytest.mark.parametrize("failing", ["monitor", "shutdown", "both"])
+def test_ray_is_shut_down_and_scratch_removed_whatever_raises_on_the_way(monkeypatch, tmp_path,
+                                                                         failing) -> None:
+    """A run that failed early leaves Ray up: _simulate's clean-up stops it and removes the
+    scratch folder even when a step before raises (a KeyboardInterrupt included)."""
+    import flwr.simulation
+    import ray
+
+    def run_simulation(**kwargs):
+        raise RuntimeError("the run failed early")
+
+    def stop_monitor() -> bool:
+        if failing in ("monitor", "both"):
+            raise KeyboardInterrupt
+        return True
+
+    shutdowns = []
+
+    def shutdown() -> None:
+        shutdowns.append(True)
+        if failing in ("shutdown", "both"):
+            raise OSError("ray.shutdown failed")
+
+    scratches = []  # kept alive here: a collected TemporaryDirectory removes itself
+
+    def make_scratch(root: str):
+        scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=tmp_path)
+        scratches.append(scratch)
+        return scratch
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(simulation, "stop_autoscaler_monitor", stop_monitor)
+    monkeypatch.setattr(simulation, "make_scratch", make_scratch)
+    cfg = load_config(None, [*TINY, "barriers.enabled=false", "train.rounds=1"])
+    expected = KeyboardInterrupt if failing in ("monitor", "both") else OSError
+    with pytest.raises(expected):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert shutdowns == [True]
+    [scratch] = scratches
+    assert not Path(scratch.name).exists()
 
 
 def test_dispatcher_is_woken_by_a_new_message_not_by_its_poll(monkeypatch) -> None:

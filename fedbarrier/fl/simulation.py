@@ -259,6 +259,26 @@ def _share_data(cfg: Config, folder: Path) -> Path | None:
     return folder
 
 
+def _stop_ray_and_clean_up(ray: Any, scratch: Any) -> None:
+    """Stop the Ray instance a run leaves behind, then remove the run's scratch folder.
+
+    Flower shuts Ray down itself unless the run failed early. Each step runs even if an earlier
+    one raised (e.g. a Ctrl-C landing during ``ray.shutdown``); the first error is raised once
+    all have run. The scratch folder goes last: Ray's workers map the shared files in it.
+    """
+    steps = (lambda: ray.is_initialized() and stop_autoscaler_monitor(),
+             lambda: ray.is_initialized() and ray.shutdown(),
+             scratch.cleanup)
+    error: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # re-raised below, after the other steps
+            error = error or exc
+    if error is not None:
+        raise error
+
+
 def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: bool,
               verbose: bool, client_app: Any) -> None:
     import ray
@@ -286,10 +306,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
                 verbose_logging=verbose,
             )
     finally:
-        if ray.is_initialized():  # Flower shuts Ray down itself unless the run failed early
-            stop_autoscaler_monitor()
-            ray.shutdown()
-        scratch.cleanup()  # after Ray has stopped: its workers map the shared files
+        _stop_ray_and_clean_up(ray, scratch)
     if cfg.output.plots:
         from fedbarrier.plots import plot_run
 

@@ -15,23 +15,54 @@ Measured on the round-overhead benchmark (2 cores):
   simulation has nothing to autoscale.
 
 All three replace private names of Flower or Ray for the duration of the run and restore them
-after. If a release renames them, runs work as before at the old latency, and
-``tests/test_engine_latency.py`` says so.
+after, so they are written to be unable to hurt a run:
+
+- they apply only to the releases they were written for (:data:`FLWR_VERSIONS`,
+  :data:`RAY_VERSIONS`) and only where the functions they replace have the signatures the
+  replacements expect (:data:`SIGNATURES`); anything else runs Flower's engine unchanged, at
+  the old latency (:func:`unsupported_reason` says why; ``tests/test_engine_latency.py`` fails
+  on the installed versions if it is not None);
+- an exception inside a replacement falls back to Flower's own function (the dispatcher to
+  Flower's loop, the wrappers to the functions they wrap), and :func:`stop_autoscaler_monitor`
+  never raises: ``ray.shutdown`` stops the monitor anyway, a second later.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import queue
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: The longest a thread of the engine waits before it checks whether the run has ended.
 QUEUE_WAIT = 0.05
 #: How often the dispatching thread looks for messages when nothing wakes it (Flower's value).
 POLL_INTERVAL = 0.1
+#: The longest :func:`stop_autoscaler_monitor` waits for a killed monitor to exit.
+MONITOR_WAIT = 5.0
+
+#: The releases the patches were written for, as [lowest, highest) (major, minor): the private
+#: names they replace are those of flwr 1.41-1.42, which pin ray 2.55.
+FLWR_VERSIONS = ((1, 41), (1, 43))
+RAY_VERSIONS = ((2, 55), (2, 56))
+
+_PLAIN = inspect.Parameter.POSITIONAL_OR_KEYWORD
+#: Parameters (name, kind) of the functions the patches replace, as the replacements call and
+#: accept them (Flower calls them positionally; a changed signature means changed semantics).
+SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "add_messages_to_queue": (("state", _PLAIN), ("queue", _PLAIN), ("nodes_mapping", _PLAIN),
+                              ("f_stop", _PLAIN)),
+    "InMemoryLinkState.store_message_ins": (("self", _PLAIN), ("message", _PLAIN)),
+    "RayBackend.terminate": (("self", _PLAIN),),
+}
 
 _new_message = threading.Event()
 
@@ -72,65 +103,141 @@ def _sleep_until_message(f_stop: threading.Event) -> None:
             return
 
 
-def stop_autoscaler_monitor() -> bool:
-    """Kill the Ray autoscaler monitor if this process started Ray; whether one was killed."""
+def _release(package: str) -> tuple[int, int] | None:
+    """(major, minor) of an installed package, None if it is not installed or unreadable."""
     try:
-        from ray._private import worker
-        node = worker._global_node
-        monitors = node.all_processes.get("monitor", []) if node and node.head else []
-    except (ImportError, AttributeError):
-        return False
-    for info in monitors:
-        if info.process.poll() is None:
-            info.process.kill()
-            info.process.wait()
-    return bool(monitors)
+        match = re.match(r"(\d+)\.(\d+)", metadata.version(package))
+    except Exception:  # not installed, or broken metadata
+        return None
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _engine() -> tuple[Any, Any, Any] | None:
-    """Flower's engine module, in-memory LinkState and Ray backend, if they have the expected
-    names."""
+def _version_reason(package: str, versions: tuple[tuple[int, int], tuple[int, int]]) -> str | None:
+    release = _release(package)
+    low, high = versions
+    if release is None or not low <= release < high:
+        shown = "not installed" if release is None else f"{release[0]}.{release[1]}"
+        return (f"{package} {shown} is not one the patches were written for "
+                f"(>={low[0]}.{low[1]}, <{high[0]}.{high[1]})")
+    return None
+
+
+def _signature_reason(name: str, fn: Any) -> str | None:
+    try:
+        found = tuple((p.name, p.kind) for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return f"the signature of {name} cannot be read"
+    if found != SIGNATURES[name]:
+        return f"{name} has parameters {[p for p, _ in found]}, the patches expect " \
+               f"{[p for p, _ in SIGNATURES[name]]}"
+    return None
+
+
+def _engine() -> tuple[tuple[Any, Any, Any] | None, str | None]:
+    """Flower's engine module, in-memory LinkState and Ray backend if the patches apply to
+    them, else None and why not."""
+    reason = _version_reason("flwr", FLWR_VERSIONS) or _version_reason("ray", RAY_VERSIONS)
+    if reason:
+        return None, reason
     try:
         from flwr.server.superlink.fleet.vce import vce_api
         from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
         from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-    except ImportError:
-        return None
-    if not all(hasattr(vce_api, name) for name in ("add_messages_to_queue", "Queue")) \
-            or not hasattr(InMemoryLinkState, "store_message_ins") \
-            or not hasattr(RayBackend, "terminate"):
-        return None
-    return vce_api, InMemoryLinkState, RayBackend
+
+        if getattr(vce_api, "Queue", None) is not queue.Queue:
+            return None, "Flower's engine no longer uses queue.Queue"
+        for name, fn in (("add_messages_to_queue", vce_api.add_messages_to_queue),
+                         ("InMemoryLinkState.store_message_ins",
+                          InMemoryLinkState.store_message_ins),
+                         ("RayBackend.terminate", RayBackend.terminate)):
+            reason = _signature_reason(name, fn)
+            if reason:
+                return None, reason
+    except Exception as exc:  # a renamed module or attribute, or an import that fails
+        return None, f"Flower's engine does not have the expected names ({exc!r})"
+    return (vce_api, InMemoryLinkState, RayBackend), None
+
+
+def unsupported_reason() -> str | None:
+    """Why :func:`fast_dispatch` would leave Flower's engine unchanged; None if it applies."""
+    return _engine()[1]
 
 
 def supported() -> bool:
-    """Whether the installed Flower has the names :func:`fast_dispatch` replaces."""
-    return _engine() is not None
+    """Whether :func:`fast_dispatch` applies to the installed Flower and Ray."""
+    return unsupported_reason() is None
+
+
+def stop_autoscaler_monitor() -> bool:
+    """Kill the Ray autoscaler monitor if this process started Ray; whether one was killed.
+
+    Never raises (an unknown Ray, changed process objects, a monitor that does not exit): the
+    callers go on to ``ray.shutdown``, which stops the monitor itself.
+    """
+    if _version_reason("ray", RAY_VERSIONS):
+        return False
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        monitors: list[Any] = list(node.all_processes.get("monitor", [])) if node and node.head else []
+        for info in monitors:
+            if info.process.poll() is None:
+                info.process.kill()
+                info.process.wait(timeout=MONITOR_WAIT)
+        return bool(monitors)
+    except Exception:
+        log.debug("could not stop Ray's autoscaler monitor; ray.shutdown will", exc_info=True)
+        return False
+
+
+def _falls_back(patch: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """``patch``, or ``original`` with the same arguments if ``patch`` raises."""
+
+    def run(*args: Any) -> Any:
+        try:
+            return patch(*args)
+        except Exception:
+            log.warning("fedbarrier's %s failed; Flower's own takes over", original.__name__,
+                        exc_info=True)
+        return original(*args)
+
+    run.__name__ = original.__name__
+    return run
 
 
 @contextmanager
 def fast_dispatch() -> Iterator[None]:
-    """Run Flower's simulation engine with the latency fixes of this module inside the block."""
-    engine = _engine()
+    """Run Flower's simulation engine with the latency fixes of this module inside the block
+    (unchanged if they do not apply to the installed Flower and Ray, see
+    :func:`unsupported_reason`)."""
+    engine, reason = _engine()
     if engine is None:
+        log.debug("Flower's engine runs unpatched: %s", reason)
         yield
         return
     vce_api, link_state, backend = engine
     saved = (vce_api.add_messages_to_queue, vce_api.Queue, link_state.store_message_ins,
              backend.terminate)
-    store, terminate = saved[2], saved[3]
+    add_messages, _, store, terminate = saved
 
     def store_message_ins(self: Any, message: Any) -> Any:
+        stored = store(self, message)  # Flower's own; what it raises is Flower's behaviour
         try:
-            return store(self, message)
-        finally:
             _new_message.set()
+        except Exception:  # the dispatcher's poll finds the message
+            log.debug("could not wake the dispatcher", exc_info=True)
+        return stored
 
     def terminate_backend(self: Any) -> None:
-        stop_autoscaler_monitor()
+        try:
+            stop_autoscaler_monitor()
+        except Exception:  # it does not raise; if it did, Flower's terminate stops the monitor
+            log.debug("could not stop Ray's autoscaler monitor", exc_info=True)
         terminate(self)
 
-    vce_api.add_messages_to_queue = dispatch_messages
+    vce_api.add_messages_to_queue = _falls_back(
+        lambda *args: dispatch_messages(*args), add_messages)  # looked up at call time
     vce_api.Queue = ShortWaitQueue
     link_state.store_message_ins = store_message_ins
     backend.terminate = terminate_backend
