@@ -2,8 +2,9 @@
 
 A SuperLink and two SuperNodes (partition-id 0 and 1) on loopback, on free ports, and
 ``flwr run <app> <connection> --stream`` against the SuperLink's Control API: the route to a real
-federation. Under deployment the server holds no client data, so barriers are measured on a
-server-side set (``barriers.splits = ["test"]``, the global test split).
+federation. Under deployment the server holds no client data, so the barriers are the local ones,
+measured by the clients on their own data (``barriers.splits`` holds only local splits): only
+numbers leave a client.
 
 Flower's state stays in temporary folders: ``FLWR_HOME`` (where the ``flwr`` CLI reads
 ``config.toml`` and the SuperLink/SuperNodes install the app bundle) and the SuperLink database.
@@ -51,11 +52,11 @@ min_partition_size = 20
 rounds = 2
 
 [strategy]
-fraction_evaluate = 0.0  # no local-evaluation messages: each one costs a process start per node
+fraction_evaluate = 0.0  # no accuracy messages: the clients get messages for local barriers only
 
 [barriers]
-n = 60
-splits = ["test"]  # server-side data only: under deployment the server has no client data
+splits = ["local-train", "local-test"]  # measured by the clients: the server has no client data
+local_n = 40
 
 [output]
 plots = false
@@ -261,9 +262,13 @@ def test_flwr_run_on_superlink_and_two_supernodes(tmp_path):
     assert "curve_points = 5" in resolved and "\nbatch_size = 16" in resolved  # `set` arrived
 
     records = [json.loads(line) for line in (out / "barriers.jsonl").open()]
-    assert [(r["round"], r["split"]) for r in records] == [(1, "test"), (2, "test")]
+    assert [(r["round"], r["split"]) for r in records] == [
+        (r, s) for r in (1, 2) for s in ("local-train", "local-test")]
     for record in records:
         assert record["clients"] == [0, 1]  # both SuperNodes, by partition id
-        layers = record["per_layer"]["loss"]
-        assert set(layers) == set(record["layers"]) and len(layers) >= 2
-        assert all(len(v["per_default"]) == 2 for v in layers.values())
+        for client in ("0", "1"):
+            mine = record["by_client"][client]
+            assert 2 <= mine["n"] <= 40 and set(mine["full_se"]) == {"loss", "error"}
+            assert set(mine["per_layer"]["loss"]) == set(mine["layers"])
+        assert set(record["full"]["error"]) == {"mean", "max", "q10", "q50", "q90"}
+    assert all(isinstance(m.get("barrier_local_full_local-test_loss"), float) for m in metrics[1:])

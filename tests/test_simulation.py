@@ -171,3 +171,77 @@ def test_blocking_measurement_gives_the_same_records(tiny_run, tmp_path):
         read(blocking / "metrics.jsonl"))
     assert without_timings(read(out / "barriers.jsonl")) == without_timings(
         read(blocking / "barriers.jsonl"))
+
+
+def _deep_copy_scores(model, state, x, y):
+    """Per-example (cross-entropy, 100 * misclassified) of ``state`` by a plain deep copy."""
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    m.eval()
+    with torch.no_grad():
+        logits = m(x)
+    return (F.cross_entropy(logits, y, reduction="none").double(),
+            100.0 * (logits.argmax(1) != y).double())
+
+
+def test_local_barriers_recompute_from_saved_checkpoints(tiny_run):
+    # The independent check of the clients' own measurement: each client's returned model and
+    # the round's average, scored on the client's own sample by a plain deep copy.
+    from fedbarrier.data.federation import client_sample
+
+    cfg, out = tiny_run
+    records = read(out / "barriers.jsonl")
+    server = [b for b in records if b["split"] == "train"][-1]
+    r = server["round"]
+    counts = server["num_examples"]
+    p = [c / sum(counts) for c in counts]
+    ckpt = out / "checkpoints" / f"round-{r:04d}"
+    states = {c: torch.load(ckpt / f"client-{c}.pt", weights_only=True) for c in server["clients"]}
+    avg = {k: sum(pk * s[k].double() for pk, s in zip(p, states.values())).float()
+           for k in states[server["clients"][0]]}
+    fed = federation(cfg.data, cfg.seed)
+    model = initial_model(cfg, fed)
+    groups = layer_groups(model, fed.splits.test.x[:2])
+    names = list(groups)
+    checked = 0
+    for split in ("local-train", "local-test"):
+        record = next(b for b in records if b["round"] == r and b["split"] == split)
+        assert record["clients"] == server["clients"] and record["skipped_clients"] == {}
+        for c in record["clients"]:
+            got = record["by_client"][str(c)]
+            x, y = client_sample(fed, c, split, cfg.barriers.local_n, cfg.seed)
+            assert got["n"] == len(y)
+            own = _deep_copy_scores(model, states[c], x, y)
+
+            def delta(layers, own=own, x=x, y=y, c=c):
+                keys = {k for layer in layers for k in groups[layer]}
+                mixed = {k: (avg[k] if k in keys else v) for k, v in states[c].items()}
+                return [a - b for a, b in zip(_deep_copy_scores(model, mixed, x, y), own)]
+
+            full = delta(names)
+            for i, metric in enumerate(("loss", "error")):
+                assert got["full"][metric] == pytest.approx(float(full[i].mean()), abs=1e-4)
+                se = float(full[i].std(unbiased=True) / len(y) ** 0.5)
+                assert got["full_se"][metric] == pytest.approx(se, abs=1e-4)
+                for layer in names:
+                    want = float(delta([layer])[i].mean())
+                    assert got["per_layer"][metric][layer] == pytest.approx(want, abs=1e-4)
+                want = float(delta(names[:2])[i].mean())
+                assert got["shallow"][metric][1] == pytest.approx(want, abs=1e-4)
+                want = float(delta(names[-2:])[i].mean())
+                assert got["deep"][metric][1] == pytest.approx(want, abs=1e-4)
+            checked += 1
+        mean = sum(pk * record["by_client"][str(c)]["full"]["loss"]
+                   for pk, c in zip(p, record["clients"]))
+        assert record["full"]["loss"]["mean"] == pytest.approx(mean, abs=1e-9)
+    assert checked == 2 * len(server["clients"])
+
+
+def test_every_round_records_local_barriers_with_their_mean_in_the_metrics(tiny_run):
+    cfg, out = tiny_run
+    local = [(b["round"], b["split"]) for b in read(out / "barriers.jsonl")
+             if b["split"].startswith("local")]
+    assert local == [(r, s) for r in (1, 2) for s in ("local-train", "local-test")]
+    for m in read(out / "metrics.jsonl")[1:]:
+        for split in ("local-train", "local-test"):
+            assert isinstance(m[f"barrier_local_full_{split}_error"], float)
