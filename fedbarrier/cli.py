@@ -9,16 +9,21 @@
     fedbarrier analyze deep-linear [--out DIR]
     fedbarrier keys
 
-Bad input prints one line ``error: ...`` and exits with status 2 (no traceback).
+Bad input prints one line ``error: ...`` and exits with status 2 (no traceback). Ctrl-C (SIGINT)
+exits with status 130, wherever it lands.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from fedbarrier.config import describe, load_config
 from fedbarrier.errors import RunAborted, UserError
@@ -213,27 +218,79 @@ def _run_dir_of(args: argparse.Namespace) -> str:
         return "RUN_DIR"
 
 
+#: Set by :func:`main`'s SIGINT handler: the command was interrupted, so it must not exit 0.
+_interrupted = threading.Event()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGINT while a command runs: remember it, then stop the command (as Python's handler does).
+
+    Remembering is what counts: the KeyboardInterrupt may surface where it is lost (a ``__del__``,
+    an exit handler of Flower, Ray or torch, a ``finally`` that raises something else).
+    """
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted(hint: str = "") -> NoReturn:
+    """Exit with status 130, as a shell reports a process stopped by Ctrl-C.
+
+    Without the interpreter's shutdown: Flower's server thread may still wait for replies that
+    will never come, and would keep the process alive."""
+    print(f"interrupted{hint}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupt) if on_main_thread else None
+    code = 0
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except (UserError, RunAborted) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
+        _interrupted.set()  # also one raised by other means than the handler
+    except BaseException:
+        if not _interrupted.is_set():  # else: fallout of the interrupt (e.g. Flower's wrapping)
+            raise
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    # Whatever Flower, Ray or torch did with the KeyboardInterrupt, an interrupted command does
+    # not report success. (A Ctrl-C after the restore above goes to the previous handler.)
+    if _interrupted.is_set():
         # Records are appended atomically, so stopping here loses at most the round in progress.
-        # Flower's server thread may still wait for replies that will never come: leave now.
-        hint = f"; resume with: fedbarrier run --resume {_run_dir_of(args)}" \
-            if args.command == "run" else ""
-        print(f"interrupted{hint}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(130)
+        _exit_interrupted(f"; resume with: fedbarrier run --resume {_run_dir_of(args)}"
+                          if args.command == "run" else "")
+    return code
+
+
+def _exit_at_once(signum: int, frame: Any) -> None:
+    """SIGINT outside :func:`main` (before a command starts, while the process exits)."""
+    _exit_interrupted()
+
+
+def _sigint_ends_the_process() -> None:
+    """The executable's last exit handler. After it Python runs no more signal handlers: a
+    SIGINT then would be dropped and the process exit 0; with the default action it ends the
+    process as a signal does (a shell shows 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def console() -> None:
     """The ``fedbarrier`` executable: :func:`main`, then exit without the interpreter's final
     garbage collection over torch's, Flower's and Ray's objects (~1.5 s; see
-    :func:`fedbarrier.runtime.process_tuning.freeze_heap`). In-process callers use :func:`main`."""
+    :func:`fedbarrier.runtime.process_tuning.freeze_heap`). In-process callers use :func:`main`.
+
+    A Ctrl-C never lets the process exit 0: outside :func:`main` (e.g. while torch, Ray and
+    Flower run their exit handlers, which print and ignore a KeyboardInterrupt) it exits 130 at
+    once, and after the last exit handler (registered first, so run last) by the signal."""
+    atexit.register(_sigint_ends_the_process)
+    signal.signal(signal.SIGINT, _exit_at_once)
     code = main()
     freeze_heap()
     sys.exit(code)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,18 +48,20 @@ def kill_tree_matching(marker: str) -> None:
             pass
 
 
-def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr) -> tuple[subprocess.Popen, Path]:
+def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr,
+                  quiet: bool = True) -> tuple[subprocess.Popen, Path]:
     """`fedbarrier run` in its own session, with Ray's files under a short private temp folder.
 
     Ray's processes carry that folder's path, so the test can find and kill them; it is short
-    because Ray's unix socket paths must stay under 107 characters.
+    because Ray's unix socket paths must stay under 107 characters. Without ``quiet`` the run
+    prints a progress line to stderr as each round is recorded.
     """
     config_file = tmp_path / "exp.toml"
     config_file.write_text(to_toml(cfg))
     private_tmp = Path(tempfile.mkdtemp(prefix=prefix))
     env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
-                             "--out", str(run), "--quiet"], cwd=ROOT, env=env,
+                             "--out", str(run), *(["--quiet"] if quiet else [])], cwd=ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr,
                             text=True)
     return proc, private_tmp
@@ -113,15 +117,30 @@ def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
 def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path):
     cfg = load_config(None, RESUMABLE)
     run = tmp_path / "run"
-    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE)
-    metrics = run / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (
-            metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
+    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE, quiet=False)
+    # The signal goes when the progress line of round 1 appears (the server prints it once the
+    # round is recorded): mid-run, with rounds 2-4 and the shutdown still to come.
+    lines: list[str] = []
+    round_1 = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if re.match(r"round\s+1/", line):
+                round_1.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not round_1.wait(0.05) and proc.poll() is None and time.monotonic() < deadline:
+        pass
+    finished = proc.poll() is not None or any(re.match(r"round\s+4/4", line) for line in lines)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    proc.wait(timeout=60)
+    reader.join(timeout=30)
+    stderr = "".join(lines)
+    assert round_1.is_set() and not finished, f"the signal did not land mid-run:\n{stderr[-3000:]}"
+    assert proc.returncode == 130, stderr[-3000:]
     assert f"resume with: fedbarrier run --resume {run}" in stderr
     time.sleep(2)
     leftover = subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True, text=True)
@@ -130,3 +149,94 @@ def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path
     assert leftover.stdout.strip() == "", "Ray processes survived Ctrl-C"
     resume_experiment(run, progress=False)
     assert [r["round"] for r in records(run / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture
+def interrupts(monkeypatch):
+    """cli.main in this process: a fresh interrupt flag, and os._exit raising SystemExit."""
+    from fedbarrier import cli
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "_interrupted", threading.Event())
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    previous = signal.getsignal(signal.SIGINT)
+    yield cli
+    assert signal.getsignal(signal.SIGINT) is previous  # main restores the handler
+
+
+def test_an_interrupt_that_a_library_swallows_still_exits_130(interrupts, monkeypatch, capsys):
+    """Where Flower, Ray or torch catch the KeyboardInterrupt (a __del__, an exit handler, a
+    finally that raises something else), the command returns normally: still 130, not 0."""
+    def run_that_swallows(args) -> int:
+        try:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)  # the handler runs before this returns
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    monkeypatch.setattr(interrupts, "cmd_run", run_that_swallows)
+    with pytest.raises(SystemExit) as exited:
+        interrupts.main(["run", "--resume", "runs/x"])
+    assert exited.value.code == 130
+    assert "interrupted; resume with: fedbarrier run --resume runs/x" in capsys.readouterr().err
+
+
+def test_an_interrupt_that_becomes_another_error_still_exits_130(interrupts, monkeypatch):
+    def run_that_wraps(args) -> int:
+        try:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt as exc:  # as Flower's engine does with exceptions it sees
+            raise RuntimeError("Simulation Runtime crashed.") from exc
+        return 0
+
+    monkeypatch.setattr(interrupts, "cmd_run", run_that_wraps)
+    with pytest.raises(SystemExit) as exited:
+        interrupts.main(["run", "--resume", "runs/x"])
+    assert exited.value.code == 130
+
+
+def test_errors_without_an_interrupt_are_unchanged(interrupts, monkeypatch):
+    def run_that_fails(args) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(interrupts, "cmd_run", run_that_fails)
+    with pytest.raises(RuntimeError, match="a bug"):
+        interrupts.main(["run", "--resume", "runs/x"])
+
+
+# The executable with a command that has finished, and SIGINT raised in an exit handler (torch's
+# weakref finalizers run there): registered after the CLI's own, so run before it; or before it,
+# so run after the CLI's last one. Python prints and ignores a KeyboardInterrupt in an exit
+# handler, and drops a signal whose handler it no longer runs: both used to exit 0.
+EXIT_HANDLER_SCRIPT = """
+import atexit, signal, sys
+from fedbarrier import cli
+
+when = sys.argv[1]
+if when == "last":
+    atexit.register(signal.raise_signal, signal.SIGINT)
+
+def command(args):
+    if when == "during":
+        atexit.register(signal.raise_signal, signal.SIGINT)
+    print("done", flush=True)
+    return 0
+
+cli.cmd_keys = command
+sys.argv = ["fedbarrier", "keys"]
+cli.console()
+"""
+
+
+@pytest.mark.parametrize("when, returncode", [("during", 130), ("last", -signal.SIGINT)])
+def test_a_ctrl_c_while_the_executable_exits_never_exits_0(tmp_path, when, returncode):
+    script = tmp_path / "exiting.py"
+    script.write_text(EXIT_HANDLER_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), when], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout == "done\n"
+    assert done.returncode == returncode, done.stderr[-2000:]
