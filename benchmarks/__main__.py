@@ -6,12 +6,13 @@
 
 import torch
 
-from benchmarks import barrier_cost, gpu, hook_share, round_overhead, scale
+from benchmarks import barrier_cost, gpu, hook_share, local_cost, round_overhead, scale
 
 # Scale first: its peak RSS includes this process, which the other benchmarks grow (run after
 # them, the 10-client figure read 4.2 GiB instead of 3.0).
 scale.main([])
 barrier_cost.main([])
+local_cost.main([])
 hook_share.main([])
 round_overhead.main([])
 if torch.cuda.is_available():

@@ -35,3 +35,13 @@ def test_peak_sampler_keeps_the_largest_reading():
     with Readings() as sampler:
         time.sleep(0.05)
     assert (sampler.start, sampler.peak) == (3, 7)
+
+
+def test_local_cost_benchmark_scores_every_local_variant_once():
+    from benchmarks.local_cost import bench as local_bench
+
+    rows = local_bench("cnn", (1, 8, 8), n=16, repeats=1)
+    assert [r["share"] for r in rows] == [False, True]
+    # endpoint, full, 4 single layers, shallow 1..4 and deep 1..4, less the duplicates
+    # (shallow/4 = deep/4 = full, shallow/1 = layer 1, deep/1 = layer 4): 10 distinct models
+    assert all(r["evaluations"] == 10 and r["ratio"] > 0 for r in rows)
