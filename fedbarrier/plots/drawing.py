@@ -49,8 +49,12 @@ def _heat_size(n_rows: int, n_cols: int, label_chars: int, panels: int = 1) -> t
 
 
 def _heatmap(ax: Axes, grid: np.ndarray, rows: Sequence[str], cols: Sequence[Any], *, norm: Normalize,
-             cmap: str, fmt: str) -> AxesImage:
-    """Draw ``grid`` (rows top to bottom) with labelled ticks, grey NaN cells and small-grid annotations."""
+             cmap: str, fmt: str, marks: np.ndarray | None = None) -> AxesImage:
+    """Draw ``grid`` (rows top to bottom) with labelled ticks, grey NaN cells and small-grid annotations.
+
+    ``marks``, a boolean array shaped like ``grid``, appends "*" to the annotation of the cells it
+    flags (e.g. values significantly above zero).
+    """
     colormap = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=colormap, norm=norm,
                       interpolation="nearest")
@@ -62,6 +66,7 @@ def _heatmap(ax: Axes, grid: np.ndarray, rows: Sequence[str], cols: Sequence[Any
             if np.isfinite(value):
                 r, g, b, _ = colormap(norm(value))
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
+                star = "*" if marks is not None and marks[i, j] else ""
+                ax.text(j, i, format(value, fmt) + star, ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")
     return image

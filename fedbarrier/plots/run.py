@@ -3,13 +3,17 @@
 Everything is drawn on ``matplotlib.figure.Figure`` (no pyplot registry), so it works headless and from
 worker threads. Families the user disabled, and rounds that were not measured, are simply absent: the
 matching plot is skipped rather than drawn empty. The drawing primitives (heatmaps, colour scales, saving)
-are in :mod:`fedbarrier.plots.drawing`.
+are in :mod:`fedbarrier.plots.drawing`; the figures of local barriers per client and of adopted layers in
+:mod:`fedbarrier.plots.local`; reading records (local ones, standard errors) in
+:mod:`fedbarrier.plots.records`.
+
+Local splits (``local-train``, ``local-test``) get the same per-layer and cumulative heatmaps as the
+server's splits, of the p-weighted mean over clients, each client on its own data.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ from fedbarrier.plots.drawing import ANNOTATE_MAX as ANNOTATE_MAX  # re-exported
 from fedbarrier.plots.drawing import DIVERGING, _heat_size, _heatmap, _save, _symmetric_norm
 from fedbarrier.plots.drawing import DPI as DPI  # re-exported
 from fedbarrier.plots.drawing import MAX_XTICKS as MAX_XTICKS  # re-exported
+from fedbarrier.plots.local import plot_adopted_layers, plot_local_clients
+from fedbarrier.plots.records import barrier_unit, full_se, full_value, is_local, layer_order, num, safe_name
 from fedbarrier.runtime.rundir import BARRIERS_FILE, METRICS_FILE, read_jsonl
 
 KNOWN_METRICS = ("loss", "error")
@@ -40,37 +46,48 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     run = Path(run_dir)
     out = run / "plots"
     splits = _by_split(read_jsonl(run / BARRIERS_FILE))
+    metrics = read_jsonl(run / METRICS_FILE)
     paths: list[Path | None] = []
     for split, recs in splits.items():
         for metric in _metrics(recs, "per_layer"):
             paths.append(_plot_per_layer(recs, split, metric, out))
         for metric in _metrics(recs, "shallow"):
             paths.append(_plot_cumulative(recs, split, metric, out))
+        if is_local(split):
+            for metric in _metrics(recs, "per_layer"):
+                paths.append(plot_local_clients(recs, split, metric, out))
     paths.append(_plot_full(splits, out))
     for split, recs in splits.items():
         for metric in _metrics(recs, "curve"):
             paths.append(_plot_curves(recs, split, metric, out))
     paths.append(_plot_distances(splits, out))
-    paths.append(_plot_accuracy(read_jsonl(run / METRICS_FILE), out))
+    paths.append(_plot_accuracy(metrics, out))
+    paths.append(plot_adopted_layers(metrics, _layers([r for recs in splits.values() for r in recs]), out))
     return [p for p in paths if p is not None]
 
 
 # ----------------------------------------------------------------------------------------------- data
 
 
-def _num(value: Any) -> float:
-    """A float, with null (how NaN is written) and anything non-numeric as NaN."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+_num, _safe, _unit = num, safe_name, barrier_unit  # the names the comparison plots import
+
+
+def _split_order(split: str) -> tuple[bool, bool, str]:
+    """Server splits before local ones; within each, the training data first."""
+    return is_local(split), split.removeprefix("local-") != "train", split
 
 
 def _by_split(records: list[Record]) -> dict[str, list[Record]]:
-    """Records per split, sorted by round; a repeated (round, split) keeps the last one written."""
+    """Records per split, sorted by round; a repeated (round, split) keeps the last one written.
+
+    Order: train, test, local-train, local-test (then any other split).
+    """
     latest: dict[tuple[str, int], Record] = {}
     for rec in records:
         if isinstance(rec.get("round"), int) and rec.get("split"):
             latest[(str(rec["split"]), rec["round"])] = rec
     out: dict[str, list[Record]] = {}
-    for (split, _), rec in sorted(latest.items(), key=lambda kv: (kv[0][0] != "train", kv[0])):
+    for (split, _), rec in sorted(latest.items(), key=lambda kv: (_split_order(kv[0][0]), kv[0][1])):
         out.setdefault(split, []).append(rec)
     return out
 
@@ -83,16 +100,18 @@ def _family(rec: Record, family: str) -> dict[str, Any]:
 
 def _metrics(recs: list[Record], family: str) -> list[str]:
     """Metrics measured for ``family`` in any record, loss and error first."""
-    found = {m for rec in recs for m, v in _family(rec, family).items() if v}
+    found = {m for rec in recs for m, v in _family(rec, family).items() if _present(v)}
     return [m for m in KNOWN_METRICS if m in found] + sorted(found - set(KNOWN_METRICS))
+
+
+def _present(value: Any) -> bool:
+    """Whether a family's entry holds a measurement (0.0 does; null, {} and [] do not)."""
+    return value is not None and not (isinstance(value, (dict, list)) and not value)
 
 
 def _layers(recs: list[Record]) -> list[str]:
     """Layer names in model order (the latest record wins; all records of a run normally agree)."""
-    for rec in reversed(recs):
-        if rec.get("layers"):
-            return [str(name) for name in rec["layers"]]
-    return []
+    return layer_order(recs)
 
 
 def _grid(recs: list[Record], rows: Sequence[Any], cell: Callable[[Record, Any], Any]) -> np.ndarray:
@@ -107,17 +126,13 @@ def _grid(recs: list[Record], rows: Sequence[Any], cell: Callable[[Record, Any],
 
 def _measured(recs: list[Record], family: str, metric: str) -> list[Record]:
     """The records in which ``family`` holds ``metric``."""
-    return [rec for rec in recs if _family(rec, family).get(metric)]
+    return [rec for rec in recs if _present(_family(rec, family).get(metric))]
 
 
-def _safe(name: str) -> str:
-    """A file-name-safe version of a split or metric name."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
-
-
-def _unit(metric: str) -> str:
-    """Colour-bar / axis label of a barrier: error barriers are differences of percentages."""
-    return {"loss": "loss barrier", "error": "error barrier (pp)"}.get(metric, f"{metric} barrier")
+def _over(split: str) -> str:
+    """What a summary's mean averages over: the server's default clients, or clients on their own data."""
+    return ("p-weighted mean over clients, each on its own data" if is_local(split)
+            else "p-weighted mean over default clients")
 
 
 def _sample(recs: list[Record]) -> str:
@@ -139,7 +154,7 @@ def _plot_per_layer(recs: list[Record], split: str, metric: str, out: Path) -> P
     fig.colorbar(image, ax=ax, label=_unit(metric))
     ax.set(xlabel="round", ylabel="layer averaged (input at top)")
     ax.set_title(f"per-layer barrier, {split} split, {metric}\n"
-                 f"(p-weighted mean over default clients{_sample(recs)})", fontsize="medium")
+                 f"({_over(split)}{_sample(recs)})", fontsize="medium")
     return _save(fig, out / f"per_layer_{_safe(split)}_{_safe(metric)}.png")
 
 
@@ -174,12 +189,17 @@ def _plot_cumulative(recs: list[Record], split: str, metric: str, out: Path) -> 
         ax.set_title(kind, fontsize="medium")
     fig.colorbar(image, ax=list(axes), label=_unit(metric))
     fig.suptitle(f"cumulative barrier, {split} split, {metric} "
-                 f"(p-weighted mean over default clients{_sample(recs)})", fontsize="medium")
+                 f"({_over(split)}{_sample(recs)})", fontsize="medium")
     return _save(fig, out / f"cumulative_{_safe(split)}_{_safe(metric)}.png")
 
 
 def _plot_full(splits: dict[str, list[Record]], out: Path) -> Path | None:
-    """Full barrier (and the pairwise curve's max) over rounds: loss and error on their own axes."""
+    """Full barrier (and the pairwise curve's max) over rounds: loss and error on their own axes.
+
+    ±se error bars where the records have standard errors (``full_se`` server-side; for a local split
+    the se of the p-weighted mean over clients). A local split is drawn as its mean over clients,
+    with the band between the 10 % and 90 % quantiles of the clients.
+    """
     metrics = [m for m in KNOWN_METRICS if any(_measured(r, "full", m) for r in splits.values())]
     if not metrics:
         return None
@@ -187,8 +207,8 @@ def _plot_full(splits: dict[str, list[Record]], out: Path) -> Path | None:
     for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics):
         for colour, (split, recs) in enumerate(splits.items()):  # one colour per split, style per kind
             full = _measured(recs, "full", metric)
-            ax.plot([r["round"] for r in full], [_num(r["full"][metric]) for r in full], marker="o",
-                    color=f"C{colour}", label=f"{split}: full (p-weighted FedAvg)")
+            if full:
+                _full_series(ax, full, split, metric, f"C{colour}")
             curve = _measured(recs, "curve", metric)
             if curve:
                 ax.plot([r["round"] for r in curve], [_num(r["curve"][metric].get("max")) for r in curve],
@@ -196,8 +216,34 @@ def _plot_full(splits: dict[str, list[Record]], out: Path) -> Path | None:
                         label=f"{split}: max of pairwise curve")
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set(xlabel="round", ylabel=_unit(metric), title=f"full barrier, {metric}")
-        ax.legend(fontsize="small")
+    legend: dict[str, Any] = {}  # one legend below the panels, by split: it would hide the curves
+    for ax in fig.axes:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    order = list(splits)
+    labels = sorted(legend, key=lambda label: (order.index(label.split(":")[0]), label))
+    fig.legend([legend[label] for label in labels], labels, loc="outside lower center", fontsize="small",
+               ncols=min(len(labels), 2 * len(metrics)), frameon=False)
     return _save(fig, out / "full_barrier.png")
+
+
+def _full_series(ax: Any, recs: list[Record], split: str, metric: str, colour: str) -> None:
+    """One split's full barrier over rounds, with ±se error bars when any se is recorded."""
+    rounds = [r["round"] for r in recs]
+    values = np.array([full_value(r, metric) for r in recs])
+    ses = np.array([full_se(r, metric) for r in recs])
+    local = is_local(split)
+    label = f"{split}: full, mean over clients" if local else f"{split}: full (p-weighted FedAvg)"
+    style = {"marker": "^" if local else "o", "linestyle": ":" if local else "-", "color": colour}
+    if np.isfinite(ses).any():
+        ax.errorbar(rounds, values, yerr=np.where(np.isfinite(ses), ses, 0.0), capsize=3,
+                    label=f"{label} ± se", **style)
+    else:
+        ax.plot(rounds, values, label=label, **style)
+    if local:
+        quantiles = [[_num((r["full"][metric] or {}).get(q)) for r in recs] for q in ("q10", "q90")]
+        if np.isfinite(quantiles).any():
+            ax.fill_between(rounds, *quantiles, color=colour, alpha=0.12, linewidth=0,
+                            label=f"{split}: 10–90 % of clients")
 
 
 def _plot_curves(recs: list[Record], split: str, metric: str, out: Path) -> Path | None:
