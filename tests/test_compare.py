@@ -4,38 +4,127 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
-from fedbarrier.compare import compare, summarize
+from fedbarrier.compare import COLUMNS, compare, main, run_summary, summarize, summarize_folder
 from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
 from tests.conftest import TINY
 
 
-def fake_run(path, local, glob, barrier):
+def fake_run(path, local, glob, barrier, *, spread=(5.0, 40.0), full_se=None, local_error=None):
+    """A run folder with two rounds; ``local_error`` = {client id: (p, full error, its se)} adds a
+    local-test record (and a skipped one after it, as a round without an average writes)."""
     path.mkdir(parents=True)
     rows = [{"round": 0, "global_test_accuracy": 10.0},
             {"round": 1, "local_test_accuracy": local[0], "global_test_accuracy": glob[0],
+             "local_test_accuracy_std": 99.0, "local_test_accuracy_min": 1.0,
              "bytes_sent": 1e6, "bytes_received": 5e5},
             {"round": 2, "local_test_accuracy": local[1], "global_test_accuracy": glob[1],
+             "local_test_accuracy_std": spread[0], "local_test_accuracy_min": spread[1],
              "bytes_sent": 1e6, "bytes_received": 5e5}]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rec = {"round": 2, "split": "test", "full": {"loss": barrier, "error": 2 * barrier},
            "per_layer": {"loss": {"a": {"mean": barrier / 2}, "b": {"mean": barrier / 4}}}}
-    (path / "barriers.jsonl").write_text(json.dumps(rec) + "\n")
+    if full_se is not None:
+        rec["full_se"] = full_se
+    records = [rec]
+    if local_error is not None:
+        ids = sorted(local_error, key=int)
+        p = [local_error[c][0] for c in ids]
+        mean = sum(local_error[c][0] * local_error[c][1] for c in ids)
+        records.append({
+            "round": 2, "split": "local-test", "clients": [int(c) for c in ids], "weights": p,
+            "full": {"error": {"mean": mean, "max": max(v[1] for v in local_error.values()),
+                               "q10": 0.0, "q50": 0.0, "q90": 0.0}},
+            "by_client": {c: {"full": {"error": local_error[c][1]}, "full_se": {"error": local_error[c][2]}}
+                          for c in ids}})
+        records.append({"round": 3, "split": "local-test", "skipped": "no average"})
+    (path / "barriers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def two_seeds(folder):
+    return [fake_run(folder / "seed-0", [50, 70], [60, 80], 0.2, spread=(5.0, 40.0),
+                     full_se={"loss": 0.03, "error": None},
+                     local_error={"0": (0.25, 8.0, 2.0), "3": (0.75, 4.0, 1.0)}),
+            fake_run(folder / "seed-1", [70, 90], [60, 70], 0.4, spread=(7.0, 60.0),
+                     local_error={"0": (0.25, 16.0, 4.0), "3": (0.75, 8.0, 2.0)})]
 
 
 def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
     runs = {"fedavg": [fake_run(tmp_path / "a" / "seed-0", [50, 70], [60, 80], 0.2),
                        fake_run(tmp_path / "a" / "seed-1", [70, 90], [60, 70], 0.4)]}
     markdown, table = summarize(runs)
-    # final personalized 70 and 90 -> 80 ± 14 (sample std); best equals final here
-    assert "| fedavg | 2 | 80 ± 14 | 80 ± 14 | 75 ± 7.1 | 3 ± 0 | 0.3 ± 0.14 |" in markdown
+    # final personalized 70 and 90 -> 80 ± 14 (sample std); best equals final here; the client
+    # spread is that of the final round; records without ses add no "(se ...)"
+    assert "| fedavg | 2 | 80 ± 14 | 80 ± 14 | 5 ± 0 | 40 ± 0 | 75 ± 7.1 | 3 ± 0 | 0.3 ± 0.14 |" in markdown
+    assert "(se" not in markdown
     rows = list(csv.DictReader(table.splitlines()))
     assert [r["seed"] for r in rows] == ["0", "1"]
     assert float(rows[1]["max_layer_loss"]) == pytest.approx(0.2)
+    assert math.isnan(float(rows[0]["barrier_loss_se"]))
+
+
+def test_client_spread_and_local_barrier_with_standard_errors(tmp_path):
+    first, second = two_seeds(tmp_path / "fedavg")
+    s = run_summary(first)
+    assert (s["client_std"], s["worst_client"]) == (5.0, 40.0)
+    assert s["barrier_loss_se"] == 0.03 and math.isnan(s["barrier_error_se"])  # null: no se
+    # p-weighted mean over clients 0.25 * 8 + 0.75 * 4 = 5; se sqrt(0.25² 2² + 0.75² 1²) = sqrt(0.8125)
+    assert s["local_barrier_error"] == pytest.approx(5.0)
+    assert s["local_barrier_error_se"] == pytest.approx(math.sqrt(0.8125))
+    assert run_summary(second)["local_barrier_error_se"] == pytest.approx(math.sqrt(3.25))
+
+    markdown, table = summarize({"fedavg": [first, second]})
+    header, _, row = markdown.splitlines()
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                     [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["client spread (std)"] == "6 ± 1.4"
+    assert cells["worst client acc"] == "50 ± 14"
+    # local barrier 5 and 10 over seeds; within-run se: root mean square of sqrt(0.8125), sqrt(3.25)
+    assert math.sqrt((0.8125 + 3.25) / 2) == pytest.approx(1.425, abs=1e-3)
+    assert cells["local full barrier, local-test error (pp)"] == "7.5 ± 3.5 (se 1.4)"
+    assert cells["full barrier, test loss"] == "0.3 ± 0.14 (se 0.03)"  # the seed without se adds none
+    assert cells["full barrier, test error (pp)"] == "0.6 ± 0.28"
+    rows = list(csv.DictReader(table.splitlines()))
+    assert list(rows[0])[2:] == [key for _, key in COLUMNS] + [
+        "barrier_loss_se", "barrier_error_se", "local_barrier_error_se"]
+    assert [float(r["local_barrier_error_se"]) for r in rows] == pytest.approx(
+        [math.sqrt(0.8125), math.sqrt(3.25)])
+
+
+def test_summarize_folder_reproduces_the_summary(tmp_path):
+    out = tmp_path / "cmp"
+    runs = {"local": [fake_run(out / "local" / "seed-1", [60, 65], [30, 35], 0.1),
+                      fake_run(out / "local" / "seed-0", [61, 66], [31, 36], 0.1)],
+            "fedavg": two_seeds(out / "fedavg"),
+            "plugins.mine:Strategy": [fake_run(out / "plugins.mine-Strategy" / "seed-0", [1, 2], [3, 4],
+                                               0.5)]}
+    markdown, table = summarize(runs)  # what compare writes, in its strategy and seed order
+    (out / "summary.md").write_text("stale")
+    (out / "summary.csv").write_text(table)
+    (out / "fedavg" / "seed-2").mkdir()  # a run that never started: no metrics.jsonl
+    assert summarize_folder(out) == runs
+    assert (out / "summary.md").read_text() == markdown
+    assert (out / "summary.csv").read_bytes() == table.encode()  # csv lines end in CR LF
+    assert (out / "accuracy.png").stat().st_size > 1000
+
+    (out / "summary.csv").unlink()  # without the old table: folder names, seeds in numeric order
+    found = summarize_folder(out)
+    assert list(found) == ["fedavg", "local", "plugins.mine-Strategy"]
+    assert [p.name for p in found["local"]] == ["seed-0", "seed-1"]
+
+
+def test_module_entry_point(tmp_path, capsys):
+    two_seeds(tmp_path / "cmp" / "fedavg")
+    assert main([str(tmp_path / "cmp")]) == 0
+    assert "| fedavg | 2 |" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "summary.csv").exists()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "holds no runs" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from fedbarrier.plots.records import layer_order
 from fedbarrier.plots.run import DIVERGING, _grid, _heatmap, _save, _symmetric_norm
 from fedbarrier.runtime.rundir import read_jsonl
 
@@ -48,10 +49,10 @@ def plot_comparison(runs: dict[str, list[Path]], out: Path) -> list[Path]:
     for strategy, paths in runs.items():
         recs = [b for b in read_jsonl(paths[0] / "barriers.jsonl")
                 if b.get("split") == "test" and b.get("per_layer", {}).get("loss")]
-        if recs:
-            layers = list(recs[0]["layers"])
+        layers = layer_order(recs[:1])  # a record without "layers": its per_layer order
+        if layers:
             grids[strategy] = (layers, [r["round"] for r in recs],
-                               _grid(recs, layers, lambda rec, layer: rec["per_layer"]["loss"][layer]))
+                               _grid(recs, layers, lambda rec, layer: rec["per_layer"]["loss"].get(layer)))
     if grids:
         norm = _symmetric_norm(*(g for _, _, g in grids.values()))
         layers = next(iter(grids.values()))[0]
