@@ -147,14 +147,16 @@ def _plot_per_layer(recs: list[Record], split: str, metric: str, out: Path) -> P
     if not recs or not layers:
         return None
     grid = _grid(recs, layers, lambda rec, layer: rec["per_layer"][metric].get(layer))
-    fig = Figure(figsize=_heat_size(len(layers), len(recs), max(map(len, layers))), layout="constrained")
+    title = f"per-layer barrier, {split} split, {metric}\n({_over(split)}{_sample(recs)})"
+    width, height = _heat_size(len(layers), len(recs), max(map(len, layers)))
+    width = max(width, 0.6 + 0.08 * max(map(len, title.splitlines())))  # few rounds: the title fits
+    fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.add_subplot()
     image = _heatmap(ax, grid, layers, [r["round"] for r in recs], norm=_symmetric_norm(grid),
                      cmap=DIVERGING, fmt=".2f" if metric == "loss" else ".1f")
     fig.colorbar(image, ax=ax, label=_unit(metric))
     ax.set(xlabel="round", ylabel="layer averaged (input at top)")
-    ax.set_title(f"per-layer barrier, {split} split, {metric}\n"
-                 f"({_over(split)}{_sample(recs)})", fontsize="medium")
+    ax.set_title(title, fontsize="medium")
     return _save(fig, out / f"per_layer_{_safe(split)}_{_safe(metric)}.png")
 
 
