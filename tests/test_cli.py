@@ -19,6 +19,15 @@ def fedbarrier(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def fedbarrier_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The command in this process (a process start costs seconds): exit status and output."""
+    from fedbarrier.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--set", "data.alpha=-1"], "data.alpha = -1.0 must be > 0"),
     (["--set", "data.dataset=imagenet"], "data.dataset = 'imagenet' is not allowed"),
@@ -33,67 +42,83 @@ def fedbarrier(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
      "/nonexistent/cifar"),
     (["--set", "data.partition=pathological", "--set", "data.classes_per_client=11"],
      "classes_per_client"),
-    (["--set", "barriers.splits=[]", "--set", "strategy.name=barrier-aware"], "barrier_split"),
+    (["--set", "barriers.splits=[]", "--set", "strategy.name=barrier-aware",
+      "--set", "strategy.barrier_rule=server"], "barrier_split"),
+    (["--set", "barriers.splits=['local-nope']"], "barriers.splits"),
+    (["--set", "barriers.local_n=-1"], "barriers.local_n = -1"),
+    (["--set", "barriers.z=-0.5"], "barriers.z = -0.5"),
     (["--set", "model.name=linear", "--set", "strategy.name=radon", "--set", "data.num_clients=4"],
      "d = 650 parameters"),  # 64 pixels x 10 classes + 10: r = 4 clients cannot do
 ])
-def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
-    result = fedbarrier("run", QUICKSTART, "--out", str(tmp_path / "run"), *args)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, fragment):
+    # In-process (a process start costs seconds each); the process-level behaviour, no
+    # traceback and the exit status, is checked once below.
+    from fedbarrier.cli import main
+
+    code = main(["run", QUICKSTART, "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0]
     assert not (tmp_path / "run").exists()
 
 
-def test_existing_run_is_never_overwritten_without_force(tmp_path):
+def test_a_bad_value_exits_2_with_one_line_and_no_traceback(tmp_path):
+    result = fedbarrier("run", QUICKSTART, "--out", str(tmp_path / "run"),
+                        "--set", "data.alpha=-1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: data.alpha = -1.0 must be > 0"
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"round": 0}\n')
-    result = fedbarrier("run", QUICKSTART, "--out", str(run))
+    result = fedbarrier_here(capsys, "run", QUICKSTART, "--out", str(run))
     assert result.returncode == 2
     assert "already holds a run" in result.stderr
     assert (run / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 
-def test_bad_config_leaves_an_existing_run_untouched(tmp_path):
+def test_bad_config_leaves_an_existing_run_untouched(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("keep\n")
-    result = fedbarrier("run", QUICKSTART, "--out", str(run), "--force", "--set", "data.alpha=0")
+    result = fedbarrier_here(capsys, "run", QUICKSTART, "--out", str(run), "--force", "--set", "data.alpha=0")
     assert result.returncode == 2
     assert (run / "metrics.jsonl").read_text() == "keep\n"
 
 
-def test_missing_config_file(tmp_path):
-    result = fedbarrier("run", str(tmp_path / "nope.toml"))
+def test_missing_config_file(tmp_path, capsys):
+    result = fedbarrier_here(capsys, "run", str(tmp_path / "nope.toml"))
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     import torch
 
     good = tmp_path / "other.pt"
     torch.save({"x.weight": torch.zeros(2)}, good)
-    result = fedbarrier("barriers", str(bad), str(good), "--config", QUICKSTART)
+    result = fedbarrier_here(capsys, "barriers", str(bad), str(good), "--config", QUICKSTART)
     assert result.returncode == 2 and "bad.pt" in result.stderr
     assert "Traceback" not in result.stderr
-    result = fedbarrier("barriers", str(good), str(good), "--config", QUICKSTART)
+    result = fedbarrier_here(capsys, "barriers", str(good), str(good), "--config", QUICKSTART)
     assert result.returncode == 2 and "does not match the config's model" in result.stderr
 
 
-def test_partitions_command_prints_table_and_writes_chart(tmp_path):
-    result = fedbarrier("partitions", QUICKSTART, "--out", str(tmp_path))
+def test_partitions_command_prints_table_and_writes_chart(tmp_path, capsys):
+    result = fedbarrier_here(capsys, "partitions", QUICKSTART, "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "total" in result.stdout
     assert (tmp_path / "partitions.png").stat().st_size > 1000
 
 
-def test_keys_lists_every_section():
-    result = fedbarrier("keys")
+def test_keys_lists_every_section(capsys):
+    result = fedbarrier_here(capsys, "keys")
     assert result.returncode == 0
     for section in ("[data]", "[model]", "[train]", "[strategy]", "[barriers]", "[output]"):
         assert section in result.stdout

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fedbarrier.learn.models import build_model
-from fedbarrier.measure.barriers import measure_barriers
+from fedbarrier.measure import evaluator as evaluator_module
+from fedbarrier.measure.barriers import average_states, measure_barriers
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import layer_groups, model_stages
 
@@ -23,7 +25,9 @@ def plain_scores(model, states, x, y):
         with torch.no_grad():
             logits = m(x)
         out.append({"loss": float(F.cross_entropy(logits, y)),
-                    "error": 100.0 - 100.0 * float((logits.argmax(1) == y).float().mean())})
+                    "error": 100.0 - 100.0 * float((logits.argmax(1) == y).float().mean()),
+                    "examples": {"loss": F.cross_entropy(logits, y, reduction="none").double().numpy(),
+                                 "error": 100.0 * (logits.argmax(1) != y).double().numpy()}})
     return out
 
 
@@ -53,6 +57,12 @@ def test_evaluator_matches_plain_forward(name, shape, share, channels_last):
     for g, w in zip(got, want):
         assert g["loss"] == pytest.approx(w["loss"], abs=1e-5)
         assert g["error"] == pytest.approx(w["error"], abs=1e-4)  # the reference averages in float32
+        # per-example values, in the order of y, across batches
+        assert g["examples"]["loss"].shape == (37,)
+        np.testing.assert_allclose(g["examples"]["loss"], w["examples"]["loss"], atol=1e-5)
+        np.testing.assert_array_equal(g["examples"]["error"], w["examples"]["error"])
+        assert g["examples"]["loss"].mean() == pytest.approx(g["loss"], abs=1e-6)
+        assert g["examples"]["error"].mean() == pytest.approx(g["error"], abs=1e-9)
 
 
 def test_activation_sharing_saves_stage_calls_and_gives_same_barriers():
@@ -93,3 +103,49 @@ def test_channels_last_hooks_do_not_outlive_a_call():
     assert all(not m._forward_hooks for m in model.modules())
     with torch.no_grad():
         assert model.conv2(torch.randn(2, model.conv2.in_channels, 4, 4)).is_contiguous()
+
+
+def test_means_are_bit_for_bit_those_of_summed_cross_entropy():
+    """Per-example values come on top: the means are still v1's batch sums of
+    ``F.cross_entropy(reduction="sum")`` accumulated in float64 (recorded numbers unchanged)."""
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 5).eval()
+    x, y = torch.randn(37, 1, 8, 8) * 3, torch.randint(0, 5, (37,))
+    states = client_states("mlp", (1, 8, 8))
+    got = ModelEvaluator(model, x, y, share_activations=False, batch_size=16)(states)
+    for state, g in zip(states, got):
+        total, hits = 0.0, 0.0
+        for start in range(0, 37, 16):
+            with torch.inference_mode():
+                logits = torch.func.functional_call(model, state, (x[start:start + 16],))
+            total += float(F.cross_entropy(logits.float(), y[start:start + 16],
+                                           reduction="sum").double())
+            hits += float((logits.argmax(1) == y[start:start + 16]).sum().double())
+        assert g["loss"] == total / 37
+        assert g["error"] == 100.0 - 100.0 * hits / 37
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_per_example_values_cost_no_extra_forward_pass_and_one_read_back(share, monkeypatch):
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    model = build_model("cnn", shape, 5)
+    x, y = torch.randn(50, *shape), torch.randint(0, 5, (50,))
+    states = client_states("cnn", shape)
+    average = average_states(states, [1, 1, 1])
+    variants = [*states, average, {**states[0], "fc2.weight": average["fc2.weight"]}]
+    reads = []
+    real = evaluator_module._read_back
+    monkeypatch.setattr(evaluator_module, "_read_back",
+                        lambda *args: reads.append(1) or real(*args))
+    with_examples = ModelEvaluator(model, x, y, stages=model_stages(model),
+                                   share_activations=share, batch_size=16)
+    without = ModelEvaluator(model, x, y, stages=model_stages(model), share_activations=share,
+                             batch_size=16, per_example=False)
+    a, b = with_examples(variants), without(variants)
+    assert reads == [1, 1]  # one device-to-host transfer per call, for 4 batches
+    assert with_examples.stage_calls == without.stage_calls
+    assert with_examples.forward_calls == without.forward_calls
+    assert all("examples" not in score for score in b)
+    assert [(s["loss"], s["error"]) for s in a] == [(s["loss"], s["error"]) for s in b]
+
