@@ -33,19 +33,10 @@ def _best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench(name: str, shape: tuple[int, int, int], clients: int, n: int, repeats: int) -> list[dict]:
-    torch.manual_seed(0)
-    model = build_model(name, shape, 10)
-    x, y = torch.randn(n, *shape), torch.randint(0, 10, (n,))
-    states = []
-    for k in range(clients):
-        torch.manual_seed(k + 1)
-        states.append({key: t.detach().clone()
-                       for key, t in build_model(name, shape, 10).state_dict().items()})
-    groups, stages = layer_groups(model, x[:2]), model_stages(model)
-    model.eval()
-
-    # The bound uses the faster of the two memory formats, as the evaluator does for conv nets.
+def one_forward_pass(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one plain forward pass over ``x`` in eval/inference mode, best of five, in the
+    faster of the two memory formats (as the evaluator picks for conv nets): the lower bound's
+    unit."""
     x_cl = x.contiguous(memory_format=torch.channels_last)
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
@@ -58,7 +49,22 @@ def bench(name: str, shape: tuple[int, int, int], clients: int, n: int, repeats:
             model_cl(x_cl)
 
     forward(), forward_cl()
-    one_pass = min(_best_of(forward, repeats=5), _best_of(forward_cl, repeats=5))
+    return min(_best_of(forward, repeats=5), _best_of(forward_cl, repeats=5))
+
+
+def bench(name: str, shape: tuple[int, int, int], clients: int, n: int, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10)
+    x, y = torch.randn(n, *shape), torch.randint(0, 10, (n,))
+    states = []
+    for k in range(clients):
+        torch.manual_seed(k + 1)
+        states.append({key: t.detach().clone()
+                       for key, t in build_model(name, shape, 10).state_dict().items()})
+    groups, stages = layer_groups(model, x[:2]), model_stages(model)
+    model.eval()
+
+    one_pass = one_forward_pass(model, x)
     rows = []
     for share in (False, True):
         cfg = BarrierConfig(share_activations=share, families=("full", "per_layer", "cumulative"))

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from benchmarks.barrier_cost import _best_of
+from benchmarks.barrier_cost import _best_of, one_forward_pass
 from fedbarrier.learn.models import build_model
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import layer_groups
@@ -33,19 +33,7 @@ def bench(name: str, shape: tuple[int, int, int], n: int, repeats: int) -> list[
     torch.manual_seed(1)
     average = {k: v.detach().clone() for k, v in build_model(name, shape, 10).state_dict().items()}
     groups, stages = layer_groups(model, x[:2]), model_stages(model)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    model_cl = build_model(name, shape, 10).eval().to(memory_format=torch.channels_last)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    def forward_cl() -> None:
-        with torch.inference_mode():
-            model_cl(x_cl)
-
-    forward(), forward_cl()
-    one_pass = min(_best_of(forward, repeats=5), _best_of(forward_cl, repeats=5))
+    one_pass = one_forward_pass(model, x)
     rows = []
     for share in (False, True):
         evaluator = ModelEvaluator(model, x, y, stages=stages, share_activations=share,

@@ -21,7 +21,8 @@ from fedbarrier.runtime.build import initial_model
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
-TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test"}
+TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test",
+           "measure_seconds", "measure_share"}
 
 
 def without_timings(records):
@@ -106,13 +107,8 @@ def test_same_config_and_seed_give_identical_numbers(tiny_run, tmp_path):
 
 def reference_loss(model, state, x, y):
     """A straightforward forward pass on a deep copy: no tensor swapping, no sharing."""
-    m = copy.deepcopy(model)
-    m.load_state_dict(state)
-    m.eval()
-    with torch.no_grad():
-        logits = m(x)
-    return (float(F.cross_entropy(logits, y)),
-            100.0 - 100.0 * float((logits.argmax(1) == y).double().mean()))
+    loss, error = _deep_copy_scores(model, state, x, y)
+    return float(loss.mean()), float(error.mean())
 
 
 def test_recorded_barriers_recompute_from_saved_checkpoints(tiny_run):
