@@ -24,7 +24,8 @@ from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test"}
+TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test",
+           "measure_seconds", "measure_share"}
 # Personal layers and persistent momentum: resume must restore client-side state too.
 RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fedper",
                     "train.keep_optimizer_state=true"]
