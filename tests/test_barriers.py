@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -199,8 +200,10 @@ def test_subset_of_default_clients_renormalizes_mean():
     sub = measure_barriers(states, p, AB_GROUPS, mlp_evaluator, families=("per_layer",),
                            defaults=[1, 2])
     pd = full.per_layer["loss"]["a"].per_default
+    own = full.per_layer["loss"]["a"].self_referenced
     assert sub.per_layer["loss"]["a"].per_default == pytest.approx(pd[1:])
-    assert sub.per_layer["loss"]["a"].mean == pytest.approx((0.3 * pd[1] + 0.2 * pd[2]) / 0.5)
+    # BARRIERS.md v2: over a subset C the mean is sum_{d in C} p~_d B~_S^(d)
+    assert sub.per_layer["loss"]["a"].mean == pytest.approx((0.3 * own[1] + 0.2 * own[2]) / 0.5)
 
 
 def test_every_evaluated_model_is_recorded_and_barriers_recompute_from_it():
@@ -296,3 +299,213 @@ def test_model_distance_combines_layers():
     d = layer_distances([a, b], [0.5, 0.5], {"x": ["x.weight"], "y": ["y.weight"]})
     assert d["model"]["pairwise_l2"] == pytest.approx(math.sqrt(2))
     assert "drift" not in d["model"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 2: self-referenced values, means over a subset of defaults, standard errors
+# ---------------------------------------------------------------------------------------------
+def deep_linear_evaluator(data):
+    """The deep linear network's squared loss on ``data`` = [(x, y), ...], with per-example values."""
+
+    def evaluate(states):
+        out = []
+        for s in states:
+            c = float(s["w2.weight"] * s["w1.weight"])
+            losses = [(c * x - y) ** 2 for x, y in data]
+            out.append({"loss": sum(losses) / len(losses), "examples": {"loss": losses}})
+        return out
+
+    return evaluate
+
+
+# Two examples: x = 1 with y = 1 and y = 0. A and B compute f(x) = x: losses (0, 1) each.
+TWO = deep_linear_evaluator([(1.0, 1.0), (1.0, 0.0)])
+
+
+def test_full_barrier_se_hand_computed():
+    # average c = 1.5625: losses (0.31640625, 2.44140625); endpoints (0, 1) -> delta =
+    # (0.31640625, 1.44140625); n = 2: sd (ddof 1) = |d1 - d2| / sqrt 2, se = |d1 - d2| / 2
+    res = measure_barriers([A, B], [0.5, 0.5], GROUPS, TWO, metrics=("loss",))
+    assert res.full["loss"] == 0.87890625
+    assert res.full_se["loss"] == pytest.approx(0.5625, rel=1e-15)
+    assert res.to_record()["full_se"] == {"loss": res.full_se["loss"]}
+
+
+def test_layer_set_se_of_mean_is_se_of_the_weighted_delta_not_a_mean_of_ses():
+    res = measure_barriers([A, B], [0.5, 0.5], GROUPS, TWO, metrics=("loss",),
+                           families=("per_layer",))
+    w1 = res.per_layer["loss"]["w1"]
+    # default A (1.25, 0.5): c = 0.625, losses (0.140625, 0.390625); own (0, 1)
+    #   -> delta_A = (0.140625, -0.609375), B~ = -0.234375, se 0.375
+    # default B (1.25, 2): c = 2.5, losses (2.25, 6.25) -> delta_B = (2.25, 5.25), B~ = 3.75, se 1.5
+    assert w1.self_referenced == [-0.234375, 3.75]
+    assert w1.se["self_referenced"] == pytest.approx([0.375, 1.5], rel=1e-15)
+    # mean delta = (1.1953125, 2.3203125): se 0.5625 (the mean of the two ses would be 0.9375)
+    assert w1.mean == 1.7578125
+    assert w1.se["mean"] == pytest.approx(0.5625, rel=1e-15)
+    # endpoint-referenced: E per example = (0, 1), the same as each endpoint here
+    assert w1.per_default == [-0.234375, 3.75]
+    assert w1.se["per_default"] == pytest.approx([0.375, 1.5], rel=1e-15)
+
+
+# K = 3, one example (1, 1), p = (1/2, 1/4, 1/4): A and B have loss 0, C = (1, 2) has loss 1.
+C = linear_state(1.0, 2.0)
+P3 = [0.5, 0.25, 0.25]
+
+
+def test_self_referenced_values_hand_computed_for_three_clients():
+    # average (1.375, 1.25); E = 1/4 * 1 = 0.25
+    res = measure_barriers([A, B, C], P3, GROUPS, squared_loss_evaluator, metrics=("loss",),
+                           families=("per_layer",))
+    w1 = res.per_layer["loss"]["w1"]
+    # layer 1 averaged: A (1.375, 0.5) -> c = 0.6875 -> 0.09765625; B and C (1.375, 2) -> 3.0625
+    assert w1.per_default == [0.09765625 - 0.25, 3.0625 - 0.25, 3.0625 - 0.25]
+    assert w1.self_referenced == [0.09765625, 3.0625, 2.0625]
+    # every client a default: the mean is v1's p-weighted mean of B (bit for bit) ...
+    assert w1.mean == (0.5 * (0.09765625 - 0.25) + 0.25 * 2.8125 + 0.25 * 2.8125) / 1.0
+    # ... and the p-weighted mean of B~ is the same number (sum_d p_d L(theta_d) = E)
+    assert 0.5 * 0.09765625 + 0.25 * 3.0625 + 0.25 * 2.0625 == w1.mean == 1.330078125
+    # one example: no standard error
+    assert w1.se == {"mean": None, "per_default": [None] * 3, "self_referenced": [None] * 3}
+
+
+def test_subset_of_defaults_reports_the_self_referenced_mean():
+    res = measure_barriers([A, B, C], P3, GROUPS, squared_loss_evaluator, metrics=("loss",),
+                           families=("per_layer",), defaults=[1, 2])
+    w1 = res.per_layer["loss"]["w1"]
+    assert w1.per_default == [2.8125, 2.8125]
+    assert w1.self_referenced == [3.0625, 2.0625]
+    # p~ = (1/2, 1/2): sum p~ B~ = 2.5625, not the endpoint-referenced sum p~ B = 2.8125
+    assert w1.mean == 2.5625
+    assert w1.max == 2.8125
+    assert res.to_record()["per_layer"]["loss"]["w1"]["mean"] == 2.5625
+
+
+def test_subset_mean_over_all_layers_is_offset_from_the_full_barrier():
+    # S = all layers: every variant is the average, B~^(d) = L(avg) - L(theta_d); over C = {B, C}
+    # the mean is L(avg) - (0 + 1) / 2, while the full barrier is L(avg) - E = L(avg) - 0.25.
+    res = measure_barriers([A, B, C], P3, GROUPS, squared_loss_evaluator, metrics=("loss",),
+                           families=("full", "cumulative"), defaults=[1, 2])
+    # average (1.375, 1.25): c = 1.71875 -> loss 0.71875^2 = 0.5166015625
+    assert res.full["loss"] == 0.5166015625 - 0.25
+    assert res.shallow["loss"][-1].mean == 0.5166015625 - 0.5
+    assert res.shallow["loss"][-1].per_default == [0.5166015625 - 0.25] * 2
+
+
+def mlp_evaluator_with_examples(states):
+    out = []
+    for s in states:
+        h = torch.relu(X @ s["a.weight"].T + s["a.bias"])
+        pred = (h @ s["b.weight"].T + s["b.bias"]).squeeze(1)
+        sq = ((pred - Y.squeeze(1)) ** 2).double()
+        wrong = 100.0 * (pred.sign() != Y.squeeze(1).sign()).double()
+        out.append({"loss": float(sq.mean()), "error": float(wrong.mean()),
+                    "examples": {"loss": sq.numpy(), "error": wrong.numpy()}})
+    return out
+
+
+def sample_se(delta):
+    delta = [float(d) for d in delta]
+    mean = sum(delta) / len(delta)
+    return math.sqrt(sum((d - mean) ** 2 for d in delta) / (len(delta) - 1) / len(delta))
+
+
+def test_every_se_matches_a_direct_computation_from_per_example_values():
+    states = [random_state(i) for i in range(3)]
+    p = [0.5, 0.3, 0.2]
+    res = measure_barriers(states, p, AB_GROUPS, mlp_evaluator_with_examples, defaults=[0, 2],
+                           curve_pair=(1, 2), curve_points=3)
+    ex = {name: s["examples"]["loss"] for name, s in
+          zip(["0", "1", "2"], mlp_evaluator_with_examples(states))}
+    avg = average_states(states, p)
+    e = sum(pk * ex[str(k)] for k, pk in enumerate(p))
+    full = mlp_evaluator_with_examples([avg])[0]["examples"]["loss"]
+    assert res.full_se["loss"] == pytest.approx(sample_se(full - e), rel=1e-12)
+    layer = res.per_layer["loss"]["b"]
+    mixed = {d: mlp_evaluator_with_examples([mix_layers(states[d], avg, AB_GROUPS, ["b"])])[0]
+             ["examples"]["loss"] for d in (0, 2)}
+    assert layer.se["per_default"] == pytest.approx([sample_se(mixed[d] - e) for d in (0, 2)],
+                                                    rel=1e-12)
+    assert layer.se["self_referenced"] == pytest.approx(
+        [sample_se(mixed[d] - ex[str(d)]) for d in (0, 2)], rel=1e-12)
+    weighted = (0.5 * (mixed[0] - ex["0"]) + 0.2 * (mixed[2] - ex["2"])) / 0.7
+    assert layer.se["mean"] == pytest.approx(sample_se(weighted), rel=1e-12)
+    # the deep cumulative k = 1 set is {b}: the same numbers
+    assert res.deep["loss"][0].se == layer.se
+    # curve between clients 1 and 2 at alpha = 1/2
+    mid = mlp_evaluator_with_examples([interpolate(states[1], states[2], 0.5)])[0]["examples"]["loss"]
+    curve_se = res.curve["loss"].se
+    assert curve_se[1] == pytest.approx(sample_se(mid - 0.5 * ex["1"] - 0.5 * ex["2"]), rel=1e-12)
+    assert curve_se[0] == curve_se[2] == 0.0
+
+
+def test_all_defaults_keep_v1_values_and_subset_uses_self_referenced_mean():
+    states = [random_state(i) for i in range(4)]
+    p = [0.4, 0.1, 0.3, 0.2]
+    every = measure_barriers(states, p, AB_GROUPS, mlp_evaluator_with_examples)
+    p = every.weights  # normalized
+    for metric in ("loss", "error"):
+        for s in [*every.per_layer[metric].values(), *every.shallow[metric], *every.deep[metric]]:
+            # v1: p-weighted mean of the endpoint-referenced values, bit for bit
+            assert s.mean == sum(w * v for w, v in zip(p, s.per_default)) / sum(p)
+            # and the p-weighted mean of the self-referenced values is the same number
+            assert sum(w * v for w, v in zip(p, s.self_referenced)) == pytest.approx(s.mean,
+                                                                                      abs=1e-9)
+    sub = measure_barriers(states, p, AB_GROUPS, mlp_evaluator_with_examples, defaults=[1, 3])
+    for metric in ("loss",):
+        for name, s in sub.per_layer[metric].items():
+            own = [every.per_layer[metric][name].self_referenced[d] for d in (1, 3)]
+            assert s.self_referenced == own
+            assert s.mean == pytest.approx((0.1 * own[0] + 0.2 * own[1]) / 0.3, abs=1e-12)
+            old = (0.1 * s.per_default[0] + 0.2 * s.per_default[1]) / 0.3
+            assert abs(s.mean - old) > 1e-6  # the endpoint-referenced mean is not what is reported
+
+
+V1_TOP_KEYS = {"layers", "weights", "defaults", "endpoint", "reference", "full", "per_layer",
+               "shallow", "deep", "curve", "evaluated", "num_evaluated", "window", "random"}
+
+
+def test_record_keeps_every_v1_key_and_value_and_only_adds_documented_keys():
+    states = [random_state(i) for i in range(3)]
+    p = [0.25, 0.25, 0.5]
+    rec = measure_barriers(states, [1, 1, 2], AB_GROUPS, mlp_evaluator_with_examples, window=1,
+                           random_orders=1, seed=3, curve_points=3).to_record()
+    assert set(rec) == V1_TOP_KEYS | {"full_se"}
+    raw = rec["evaluated"]
+    summaries = [*rec["per_layer"]["loss"].values(), *rec["shallow"]["loss"], *rec["deep"]["loss"],
+                 *rec["window"]["loss"], *rec["random"]["loss"][0]]
+    names = ([f"layer/{layer}" for layer in AB_GROUPS] + [f"shallow/{k}" for k in (1, 2)]
+             + [f"deep/{k}" for k in (1, 2)] + ["window/1", "window/2"]
+             + [f"random0/{k}" for k in (1, 2)])
+    for metric in ("loss", "error"):
+        ref = sum(w * raw[f"endpoint/{k}"][metric] for k, w in enumerate(p))
+        assert rec["reference"][metric] == ref
+        assert rec["full"][metric] == raw["full"][metric] - ref
+        for s, name in zip([*rec["per_layer"][metric].values(), *rec["shallow"][metric],
+                            *rec["deep"][metric], *rec["window"][metric],
+                            *rec["random"][metric][0]], names):
+            values = [raw[f"{name}/d{d}"][metric] - ref for d in range(3)]
+            assert set(s) == {"per_default", "mean", "max", "self_referenced", "se"}
+            assert s["per_default"] == values
+            assert s["mean"] == sum(w * v for w, v in zip(p, values)) / sum(p)
+            assert s["max"] == max(values)
+            assert set(s["se"]) == {"mean", "per_default", "self_referenced"}
+    assert len(summaries) == len(names)
+    assert set(rec["curve"]["loss"]) == {"pair", "alphas", "values", "barrier", "max", "se"}
+    json.dumps(rec)  # JSON-ready: plain floats, no numpy scalars
+
+
+def test_se_is_none_without_per_example_values():
+    res = measure_barriers([random_state(0), random_state(1)], [1, 1], AB_GROUPS, mlp_evaluator,
+                           curve_points=3)
+    assert res.full_se == {"loss": None, "error": None}
+    assert res.per_layer["error"]["a"].se["mean"] is None
+    assert res.curve["loss"].se == [None] * 3
+
+
+def test_per_example_values_of_different_lengths_are_rejected():
+    def ragged(states):
+        return [{"loss": 0.0, "examples": {"loss": [0.0] * (2 + i)}} for i in range(len(states))]
+
+    with pytest.raises(ValueError, match="per-example"):
+        measure_barriers([A, B], [1, 1], GROUPS, ragged, metrics=("loss",), families=("full",))

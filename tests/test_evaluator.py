@@ -149,3 +149,19 @@ def test_per_example_values_cost_no_extra_forward_pass_and_one_read_back(share, 
     assert all("examples" not in score for score in b)
     assert [(s["loss"], s["error"]) for s in a] == [(s["loss"], s["error"]) for s in b]
 
+
+def test_evaluator_feeds_standard_errors_into_the_barriers():
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    model = build_model("cnn", shape, 5)
+    x, y = torch.randn(30, *shape), torch.randint(0, 5, (30,))
+    states, p = client_states("cnn", shape), [0.5, 0.25, 0.25]
+    groups = layer_groups(model, x[:2])
+    res = measure_barriers(states, p, groups, ModelEvaluator(model, x, y, stages=model_stages(model)),
+                           families=("full", "per_layer"), defaults=[0, 2])
+    plain = plain_scores(model, [*states, average_states(states, p)], x, y)
+    for m in ("loss", "error"):
+        reference = sum(w * s["examples"][m] for w, s in zip(p, plain[:3]))
+        delta = plain[3]["examples"][m] - reference
+        assert res.full_se[m] == pytest.approx(np.std(delta, ddof=1) / np.sqrt(30), rel=1e-4)
+        assert res.per_layer[m][list(groups)[0]].se["mean"] > 0

@@ -15,6 +15,32 @@ Variants reuse the very tensor objects of the inputs and of one shared average (
 identical variants (e.g. the shallow group of all L layers and the full average) are detected by
 tensor identity and evaluated once; an evaluator can also share activations between variants that
 agree on their first layers.
+
+Version 2 of the contract (self-referenced values, uncertainty) adds, and only adds, these keys to
+``BarrierResult.to_record`` (every v1 key keeps its value for the all-defaults case):
+
+- ``full_se``: ``{metric: se}`` of the full barrier, delta(x) = l(avg, x) - sum_k p_k l(theta_k, x).
+- in every layer-set summary (``per_layer[m][layer]``, ``shallow[m][k-1]``, ``deep[m][k-1]``,
+  ``window[m][i]``, ``random[m][r][k-1]``), beside ``per_default``/``mean``/``max``:
+
+  - ``self_referenced``: [B~_S^(d) = L(avg_S^(d)) - L(theta_d) for d in ``defaults``];
+  - ``se``: ``{"mean": se, "per_default": [se...], "self_referenced": [se...]}``. The mean's
+    delta(x) is sum_{d in C} p~_d [l(avg_S^(d), x) - l(theta_d, x)]; a per-default value's is
+    l(avg_S^(d), x) minus sum_k p_k l(theta_k, x) (``per_default``) or l(theta_d, x)
+    (``self_referenced``).
+
+- ``curve[m]["se"]``: [se of the interpolation barrier at each alpha].
+
+``mean`` is the p-weighted mean of ``per_default`` when every client is a default (unchanged from
+v1; it equals the p-weighted mean of ``self_referenced`` since sum_d p_d L(theta_d) = E), and
+sum_{d in C} p~_d B~_S^(d), p~ = p renormalized over C, when only a subset C is (``defaults``).
+For S = all layers (cumulative k = L) that is L(avg) - sum_{d in C} p~_d L(theta_d): the full
+barrier only when C is every client (``full`` is always the exact one).
+
+se = sd(delta) / sqrt(n) with the sample standard deviation (ddof = 1) over the n examples. It
+needs per-example values: an ``evaluate_many`` may return, in each score, ``"examples": {metric:
+1-D array of the n per-example values}`` (``ModelEvaluator`` does; the example order must be the
+same for every model). Where a metric has none, or n < 2, every se of that metric is None.
 """
 
 from __future__ import annotations
@@ -29,8 +55,9 @@ import torch
 
 StateDict = Mapping[str, torch.Tensor]
 LayerGroups = Mapping[str, Sequence[str]]
-Metrics = Mapping[str, float]
+Metrics = Mapping[str, Any]  # {metric: value}, optionally "examples": {metric: per-example values}
 EvaluateMany = Callable[[Sequence[StateDict]], Sequence[Metrics]]
+Examples = dict[str, dict[str, np.ndarray]]  # {variant name: {metric: per-example values}}
 
 FAMILIES = ("full", "per_layer", "cumulative", "curve")
 METRICS = ("loss", "error")
@@ -103,18 +130,80 @@ def interpolate(
 
 
 # ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+def standard_error(delta: np.ndarray) -> float | None:
+    """se = sd(delta) / sqrt(n), sample standard deviation (ddof = 1); None for n < 2."""
+    n = len(delta)
+    if n < 2:
+        return None
+    return float(np.std(delta, ddof=1) / math.sqrt(n))
+
+
+def score_variants(
+    variants: Mapping[str, StateDict], evaluate_many: EvaluateMany, metrics: Sequence[str]
+) -> tuple[dict[str, dict[str, float]], Examples, int]:
+    """Score each distinct model of ``variants`` once (identity of tensors = identity of models).
+
+    Returns ``{name: {metric: value}}``, ``{name: {metric: per-example values}}`` for the metrics
+    whose per-example values every score carries (``"examples"``; empty if none does), and the
+    number of distinct models scored.
+    """
+    keys = list(next(iter(variants.values()), {}))
+    unique: dict[tuple[int, ...], int] = {}
+    to_score: list[StateDict] = []
+    slot: dict[str, int] = {}
+    for name, variant in variants.items():
+        signature = tuple(id(variant[k]) for k in keys)
+        if signature not in unique:
+            unique[signature] = len(to_score)
+            to_score.append(variant)
+        slot[name] = unique[signature]
+    scores = list(evaluate_many(to_score))
+    if len(scores) != len(to_score):
+        raise ValueError(f"evaluator returned {len(scores)} results for {len(to_score)} models")
+    evaluated = {name: {m: float(scores[i][m]) for m in metrics} for name, i in slot.items()}
+    per_slot: list[dict[str, np.ndarray]] = [{} for _ in scores]
+    for m in metrics:
+        got = [score.get("examples", {}).get(m) for score in scores]
+        if not got or any(g is None for g in got):
+            continue
+        arrays = [np.asarray(g, dtype=np.float64).reshape(-1) for g in got]
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError(f"per-example {m} values of different lengths "
+                             f"{sorted({len(a) for a in arrays})}: one sample for every model")
+        for i, a in enumerate(arrays):
+            per_slot[i][m] = a
+    examples = {name: per_slot[i] for name, i in slot.items()}
+    return evaluated, examples, len(to_score)
+
+
+def _weighted_rows(weights: Sequence[float], rows: Sequence[np.ndarray]) -> np.ndarray:
+    """sum_i weights_i rows_i, per example."""
+    return np.asarray(weights, dtype=np.float64) @ np.stack(rows)
+
+
+# ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Summary:
-    """One barrier measured once per default client, with its p-weighted mean and max."""
+    """One barrier measured once per default client, with its mean and max over the defaults.
+
+    ``per_default`` is B_S^(d) (endpoint-referenced), ``self_referenced`` B~_S^(d) (referenced to
+    d's own model), ``mean`` the module docstring's mean, ``max`` the max of ``per_default``;
+    ``se`` holds ``{"mean": ..., "per_default": [...], "self_referenced": [...]}``.
+    """
 
     per_default: list[float]
     mean: float
     max: float
+    self_referenced: list[float] = field(default_factory=list)
+    se: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
-        return {"per_default": self.per_default, "mean": self.mean, "max": self.max}
+        return {"per_default": self.per_default, "mean": self.mean, "max": self.max,
+                "self_referenced": self.self_referenced, "se": self.se}
 
 
 @dataclass(frozen=True)
@@ -126,10 +215,11 @@ class Curve:
     values: list[float]  # raw metric of (1 - alpha) theta_A + alpha theta_B
     barrier: list[float]  # values minus the linear interpolation of the endpoint values
     max: float
+    se: list[float | None] = field(default_factory=list)  # of each barrier value
 
     def to_record(self) -> dict[str, Any]:
         return {"pair": list(self.pair), "alphas": self.alphas, "values": self.values,
-                "barrier": self.barrier, "max": self.max}
+                "barrier": self.barrier, "max": self.max, "se": self.se}
 
 
 @dataclass
@@ -142,6 +232,7 @@ class BarrierResult:
     endpoint: dict[str, list[float]] = field(default_factory=dict)
     reference: dict[str, float] = field(default_factory=dict)
     full: dict[str, float] = field(default_factory=dict)
+    full_se: dict[str, float | None] = field(default_factory=dict)
     per_layer: dict[str, dict[str, Summary]] = field(default_factory=dict)
     shallow: dict[str, list[Summary]] = field(default_factory=dict)
     deep: dict[str, list[Summary]] = field(default_factory=dict)
@@ -162,6 +253,7 @@ class BarrierResult:
             "endpoint": self.endpoint,
             "reference": self.reference,
             "full": self.full,
+            "full_se": self.full_se,
             "per_layer": {m: {layer: s.to_record() for layer, s in by_layer.items()}
                           for m, by_layer in self.per_layer.items()},
             "shallow": {m: [s.to_record() for s in v] for m, v in self.shallow.items()},
@@ -228,12 +320,14 @@ def measure_barriers(
     groups
         Ordered layers, input to output: ``{layer: [state-dict keys]}`` covering every key.
     evaluate_many
-        Scores a list of models on one fixed data sample, returning ``{metric: value}`` each.
+        Scores a list of models on one fixed data sample, returning ``{metric: value}`` each,
+        and optionally ``"examples": {metric: per-example values}`` (then every barrier gets
+        its se; see the module docstring).
     families
         Subset of ``("full", "per_layer", "cumulative", "curve")``. Endpoints are always scored.
     defaults
-        Default clients d for layer-set barriers (all clients if None). Their mean is weighted
-        by p renormalized over the chosen defaults.
+        Default clients d for layer-set barriers (all clients if None). With a subset C the
+        mean is sum_{d in C} p~_d B~_S^(d), p~ = p renormalized over C (BARRIERS.md v2).
     curve_pair, curve_points
         Clients A, B and the number of alphas on the grid in [0, 1] (ends included).
     window
@@ -287,41 +381,48 @@ def measure_barriers(
             variants[f"curve/{alpha:.6g}"] = interpolate(states[a], states[b], alpha)
 
     # 2. Score each distinct model once (identity of tensors = identity of models).
-    keys = list(states[0])
-    unique: dict[tuple[int, ...], int] = {}
-    to_score: list[dict[str, torch.Tensor]] = []
-    slot: dict[str, int] = {}
-    for name, variant in variants.items():
-        signature = tuple(id(variant[k]) for k in keys)
-        if signature not in unique:
-            unique[signature] = len(to_score)
-            to_score.append(variant)
-        slot[name] = unique[signature]
-    scores = list(evaluate_many(to_score))
-    if len(scores) != len(to_score):
-        raise ValueError(f"evaluator returned {len(scores)} results for {len(to_score)} models")
-    evaluated = {name: {m: float(scores[i][m]) for m in metrics} for name, i in slot.items()}
+    evaluated, examples, num_evaluated = score_variants(variants, evaluate_many, metrics)
 
     # 3. Barriers are differences to the endpoint reference E = sum_k p_k L(theta_k).
     result = BarrierResult(layers=layers, weights=p, defaults=chosen, evaluated=evaluated,
-                           num_evaluated=len(to_score), window_size=window if windows else 0,
+                           num_evaluated=num_evaluated, window_size=window if windows else 0,
                            random_orders=orders)
     p_chosen = [p[d] for d in chosen]
     p_total = sum(p_chosen)
+    # p~: p renormalized over the defaults (uniform if they all weigh 0)
+    p_tilde = [w / p_total for w in p_chosen] if p_total > 0 else [1 / len(chosen)] * len(chosen)
+    every_client = len(chosen) == num
 
     def summary(metric: str, prefix: str, ref: float) -> Summary:
-        values = [evaluated[f"{prefix}/d{d}"][metric] - ref for d in chosen]
-        mean = (sum(w * v for w, v in zip(p_chosen, values)) / p_total if p_total > 0
-                else float(np.mean(values)))
-        return Summary(per_default=values, mean=mean, max=max(values))
+        mixed = [evaluated[f"{prefix}/d{d}"][metric] for d in chosen]
+        values = [v - ref for v in mixed]
+        own = [v - endpoint[d] for v, d in zip(mixed, chosen)]
+        # With every client a default, sum_d p_d B_S^(d) = sum_d p_d B~_S^(d): keep v1's formula.
+        chosen_values = values if every_client else own
+        mean = (sum(w * v for w, v in zip(p_chosen, chosen_values)) / p_total if p_total > 0
+                else float(np.mean(chosen_values)))
+        se: dict[str, Any] = {"mean": None, "per_default": [None] * len(chosen),
+                              "self_referenced": [None] * len(chosen)}
+        if per_example is not None:
+            rows = [examples[f"{prefix}/d{d}"][metric] for d in chosen]
+            own_deltas = [row - per_example[d] for row, d in zip(rows, chosen)]
+            se = {"mean": standard_error(_weighted_rows(p_tilde, own_deltas)),
+                  "per_default": [standard_error(row - per_example_ref) for row in rows],
+                  "self_referenced": [standard_error(o) for o in own_deltas]}
+        return Summary(per_default=values, mean=mean, max=max(values), self_referenced=own, se=se)
 
     for m in metrics:
         endpoint = [evaluated[f"endpoint/{k}"][m] for k in range(num)]
         ref = sum(pk * v for pk, v in zip(p, endpoint))
+        per_example = ([examples[f"endpoint/{k}"][m] for k in range(num)]
+                       if m in examples["endpoint/0"] else None)
+        per_example_ref = _weighted_rows(p, per_example) if per_example is not None else None
         result.endpoint[m] = endpoint
         result.reference[m] = ref
         if "full" in families:
             result.full[m] = evaluated["full"][m] - ref
+            result.full_se[m] = (standard_error(examples["full"][m] - per_example_ref)
+                                 if per_example is not None else None)
         if "per_layer" in families:
             result.per_layer[m] = {layer: summary(m, f"layer/{layer}", ref) for layer in layers}
         if "cumulative" in families:
@@ -340,8 +441,14 @@ def measure_barriers(
             base = [(1 - alpha) * endpoint[a] + alpha * endpoint[b] for alpha in alphas]
             # The ends are the endpoints themselves (see `interpolate`), so they are exactly 0.
             barrier = [v - lin for v, lin in zip(values, base)]
+            se_curve: list[float | None] = [None] * len(alphas)
+            if per_example is not None:
+                se_curve = [standard_error(examples[f"curve/{alpha:.6g}"][m]
+                                           - ((1 - alpha) * per_example[a]
+                                              + alpha * per_example[b]))
+                            for alpha in alphas]
             result.curve[m] = Curve(pair=(a, b), alphas=alphas, values=values, barrier=barrier,
-                                    max=max(barrier))
+                                    max=max(barrier), se=se_curve)
     return result
 
 
