@@ -185,8 +185,10 @@ def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Pat
     local = None
     if config.get(LOCAL_BARRIERS):
         own = store.load(server_round)  # the model this client returned in this round
-        average = {**received, **(msg.content[AVERAGE].to_torch_state_dict()
-                                  if AVERAGE in msg.content else {})}
+        sent = {**received, **(msg.content[AVERAGE].to_torch_state_dict()
+                               if AVERAGE in msg.content else {})}
+        # in the model's own key order: the layers sent and the rest of the average arrive apart
+        average = {k: sent[k] for k in _initial(cfg, pid) if k in sent}
         device = client_device(cfg.train.device)
         local = {split: json.dumps(local_report(cfg, pid, (own or {}).get(MODEL_STATE) or None,
                                                 average, split, device))

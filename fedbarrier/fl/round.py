@@ -306,6 +306,9 @@ class RoundPipeline:
                          metrics: Mapping[str, Any] | None) -> None:
         """The clients' evaluation replies (ordered by client id) and their aggregate."""
         self.record.evaluate.update(client_spread([r for r in replies if r.error is None]))
+        errors = {str(r.client): f"client error: {r.error}" for r in replies if r.error is not None}
+        if errors:  # a failed evaluation must not vanish from the record
+            self.record.evaluate["evaluate_errors"] = errors
         self.record.evaluate.update({k: v for k, v in (metrics or {}).items()
                                      if k != NUM_EXAMPLES})
 
