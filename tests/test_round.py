@@ -122,8 +122,8 @@ def test_the_round_end_waits_for_hooks_saves_state_then_writes_the_record() -> N
     assert list(record) == [
         "round", "bytes_sent", "shared_layers", "excluded_clients", "bytes_received",
         "bytes_instrumentation", "clients", "train_loss", "acc_by_client", "acc_std", "acc_min",
-        "acc_max", "evaluate_errors", "acc", "global_test_loss", "barrier_full_test_loss", "barrier_seconds_test",
-        "measure_seconds", "measure_share", "wall_seconds"]
+        "acc_max", "evaluate_errors", "acc", "global_test_loss", "barrier_full_test_loss",
+        "barrier_seconds_test", "measure_seconds", "measure_share", "wall_seconds"]
     assert record["bytes_sent"] == 15 and record["acc_by_client"] == {"0": 50.0, "1": 70.0}
     assert record["evaluate_errors"] == {"2": "client error: lost"}
     assert record["measure_seconds"] == 0.5
