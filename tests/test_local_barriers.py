@@ -106,6 +106,15 @@ def test_an_evaluator_without_per_example_values_is_an_error():
         local_barriers(A, AVERAGE, GROUPS, means_only, metrics=("loss",))
 
 
+def test_the_average_may_list_its_keys_in_another_order_but_not_other_keys():
+    evaluate = deep_linear([(1.0, 1.0), (1.0, 0.0)])
+    reordered = {"w2.weight": AVERAGE["w2.weight"], "w1.weight": AVERAGE["w1.weight"]}
+    assert (local_barriers(A, reordered, GROUPS, evaluate, metrics=("loss",))
+            == local_barriers(A, AVERAGE, GROUPS, evaluate, metrics=("loss",)))
+    with pytest.raises(ValueError, match="keys"):
+        local_barriers(A, {"w1.weight": AVERAGE["w1.weight"]}, GROUPS, evaluate, metrics=("loss",))
+
+
 def test_unknown_family_is_rejected():
     with pytest.raises(ValueError, match="families"):
         local_barriers(A, AVERAGE, GROUPS, deep_linear([(1.0, 1.0)] * 2), families=("curve",))

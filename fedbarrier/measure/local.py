@@ -86,6 +86,13 @@ def local_barriers(
     if unknown:
         raise ValueError(f"unknown local barrier families {sorted(unknown)}; "
                          f"allowed: {LOCAL_FAMILIES}")
+    if set(average_state) != set(own_state):
+        missing = sorted(set(own_state) - set(average_state))
+        extra = sorted(set(average_state) - set(own_state))
+        raise ValueError(f"the average has other state-dict keys than the client's model "
+                         f"(missing {missing}, unknown {extra})")
+    # Key order carries no meaning (an average may arrive in pieces): take the model's.
+    average_state = {k: average_state[k] for k in own_state}
     _check_inputs([own_state, average_state], groups)
     size = getattr(evaluate_many, "num_examples", None)
     if size is not None and size < 2:
