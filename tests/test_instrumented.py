@@ -12,8 +12,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedbarrier.fl.adapter import Instrumented
-from fedbarrier.measure.barriers import layer_distances
 from fedbarrier.fl.round import RoundRecord
+from fedbarrier.measure.barriers import layer_distances
 from fedbarrier.measure.hook import ClientModels
 from strategies.layerwise import LayerwiseFedAvg
 from tests.conftest import FakeGrid, reply

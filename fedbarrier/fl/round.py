@@ -191,6 +191,7 @@ class RoundPipeline:
         self.local = local
         self.average: dict[str, torch.Tensor] | None = None  # θ̄ of a round with local barriers
         self._weights: dict[int, int] = {}
+        self._local_records: list[dict[str, Any]] = []  # written at the round's end, in order
         self.record = RoundRecord(round=0)
         self._expected: StateDict = {}
         self._sent_to: dict[int, StateDict] = {}
@@ -211,6 +212,7 @@ class RoundPipeline:
         self._pending = []
         self.average = None
         self._weights = {}
+        self._local_records = []
 
     def train_replies(self, replies: Sequence[Reply]) -> list[int]:
         """Check the replies (ordered by client id), run the hooks; the indices of the usable
@@ -292,8 +294,9 @@ class RoundPipeline:
             self._write_local(record)
 
     def _write_local(self, record: dict[str, Any]) -> None:
-        if self.local is not None and self.local.write is not None:
-            self.local.write(record)
+        """Kept until :meth:`finish`: the hooks' server-side records (which may still be being
+        measured) come first, so barriers.jsonl has one order whatever the timing."""
+        self._local_records.append(record)
 
     def train_metrics(self, metrics: Mapping[str, Any] | None) -> None:
         """The strategy's aggregated training metrics."""
@@ -320,6 +323,10 @@ class RoundPipeline:
         pending, self._pending = self._pending, []
         for future in pending:  # before the state is saved: a saved round has all its records
             record.measured.update(future.result() or {})
+        local, self._local_records = self._local_records, []
+        if self.local is not None and self.local.write is not None:
+            for entry in local:
+                self.local.write(entry)
         if server_round > 0:
             record.wall_seconds = time.perf_counter() - self._start
             record.measured.update(measurement_cost(record.measured, record.wall_seconds))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_clients_adopt_layers_by_local_barrier_and_the_records_say_which(tmp_path):
-    cfg = load_config(None, [*TINY, "strategy.name=barrier-aware", "train.rounds=3",
+    cfg = load_config(None, [*TINY, "strategy.name=barrier-aware",
                              "output.save_client_models=true", "barriers.splits=['local-train']"])
     out = tmp_path / "run"
     run_experiment(cfg, out, progress=False)

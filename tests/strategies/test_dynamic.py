@@ -10,7 +10,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedbarrier.config import load_config
-from fedbarrier.fl.adapter import SHARED_LAYERS
 from fedbarrier.fl.client_app import (
     DIVERGENCE,
     REFERENCE_STATE,
@@ -18,6 +17,7 @@ from fedbarrier.fl.client_app import (
     reference_model,
     squared_distance,
 )
+from fedbarrier.fl.protocol import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.dynamic import DynamicAveraging, should_sync
 from tests.conftest import TINY, FakeGrid, reply

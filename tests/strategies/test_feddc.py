@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedbarrier.config import load_config
-from fedbarrier.fl.adapter import SHARED_LAYERS
+from fedbarrier.fl.protocol import SHARED_LAYERS
 from fedbarrier.runtime.rundir import RunDir
 from strategies import build_strategy
 from strategies.feddc import AVERAGE, COMMON, DAISY, KEEP, FedDC, daisy_chain, feddc_step

@@ -8,8 +8,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedbarrier.config import load_config
 from fedbarrier.errors import UserError
-from fedbarrier.fl.adapter import SHARED_LAYERS
 from fedbarrier.fl.client_app import compose_state
+from fedbarrier.fl.protocol import SHARED_LAYERS
 from strategies import build_strategy
 from strategies.barrier_aware import BarrierAwareFedAvg
 from strategies.layerwise import LayerwiseFedAvg, preset_layers

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from torch import nn
 
 from fedbarrier.config import load_config
-from fedbarrier.fl.client_app import LOCAL_STEPS
+from fedbarrier.fl.protocol import LOCAL_STEPS
 from fedbarrier.learn.local import train
 from strategies import build_strategy
 from strategies.minibatch import MinibatchSGD
@@ -81,7 +81,7 @@ def test_minibatch_sgd_federation_takes_one_step_per_client_and_round(tmp_path):
     from fedbarrier.data.federation import federation
     from fedbarrier.fl.client_app import _model
     from fedbarrier.fl.simulation import run_experiment
-    from fedbarrier.learn.local import derive_seed, lr_at
+    from fedbarrier.learn.local import local_update
     from fedbarrier.runtime.build import initial_state
 
     cfg = load_config(None, TINY + ["strategy.name=minibatch-sgd", "output.save_client_models=true",
@@ -93,10 +93,8 @@ def test_minibatch_sgd_federation_takes_one_step_per_client_and_round(tmp_path):
         net = _model(cfg.model, fed.input_shape, fed.num_classes)
         net.load_state_dict(initial_state(cfg))
         data = fed.client_train(pid)
-        stats = train(net, data.x, data.y, epochs=t.local_epochs, batch_size=t.batch_size,
-                      lr=lambda s, total: lr_at(s / total / t.rounds, t.lr, t.lr_schedule, t.warmup),
-                      momentum=t.momentum, weight_decay=t.weight_decay,
-                      seed=derive_seed(cfg.seed, pid, 1), device=CPU, steps=1)
+        stats = local_update(net, data.x, data.y, t, run_seed=cfg.seed, client=pid,
+                             server_round=1, device=CPU, steps=1)
         assert stats.steps == 1 and len(data) > t.batch_size  # an epoch would take more steps
         saved = torch.load(tmp_path / "run" / "checkpoints" / "round-0001" / f"client-{pid}.pt",
                            weights_only=True)
