@@ -24,10 +24,10 @@ Every model arrives here decoded once (by the adapter); nothing in this module d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -286,7 +286,9 @@ class RoundPipeline:
                 "missing_clients": sorted(set(self._weights) - set(per_client)),
             }
             if measured:
-                summary = summarize_local(measured, {c: self._weights.get(c, 1) for c in measured})
+                weights = {c: float(self._weights.get(c, 1)) for c in measured}
+                summary = summarize_local(cast(Mapping[Hashable, Mapping[str, Any]], measured),
+                                          cast(Mapping[Hashable, float], weights))
                 record.update(summary)
                 record["by_client"] = {str(c): r for c, r in measured.items()}
                 for metric, stats in summary.get("full", {}).items():
