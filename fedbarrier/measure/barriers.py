@@ -43,7 +43,8 @@ needs per-example values: an ``evaluate_many`` may return, in each score, ``"exa
 same for every model). Where a metric has none, or n < 2, every se of that metric is None.
 
 Why one module over 300 lines: it is the barrier math of the contract in one place (a newcomer
-finds every formula here); the local barriers (``local.py``) and distances build on it.
+finds every formula here, and the layer distances beside them); the local barriers
+(``local.py``) build on it.
 """
 
 from __future__ import annotations
