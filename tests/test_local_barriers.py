@@ -12,6 +12,7 @@ from fedbarrier.measure.barriers import average_states, measure_barriers
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.measure.local import local_barriers, summarize_local
+from tests.test_barriers import deep_linear_evaluator as deep_linear
 
 # The deep linear network of BARRIERS.md: f(x) = w2 * w1 * x, squared loss.
 GROUPS = {"w1": ["w1.weight"], "w2": ["w2.weight"]}
@@ -21,17 +22,6 @@ def linear_state(w1: float, w2: float) -> dict[str, torch.Tensor]:
     return {"w1.weight": torch.tensor([w1], dtype=torch.float64),
             "w2.weight": torch.tensor([w2], dtype=torch.float64)}
 
-
-def deep_linear(data):
-    def evaluate(states):
-        out = []
-        for s in states:
-            c = float(s["w2.weight"] * s["w1.weight"])
-            losses = [(c * x - y) ** 2 for x, y in data]
-            out.append({"loss": sum(losses) / len(losses), "examples": {"loss": losses}})
-        return out
-
-    return evaluate
 
 
 A, B = linear_state(2.0, 0.5), linear_state(0.5, 2.0)
