@@ -36,7 +36,9 @@ def regime_rows(folder: Path) -> dict[str, dict[str, list[float]]]:
     rows: dict[str, dict[str, list[float]]] = {}
     with open(folder / "summary.csv") as f:
         for row in csv.DictReader(f):
-            entry = rows.setdefault(row["strategy"], {})
+            # a folder re-summarized without compare's own table names plug-ins by their folder
+            name = row["strategy"].replace("shallow-", "shallow:").replace("deep-", "deep:")
+            entry = rows.setdefault(name, {})
             for key, value in row.items():
                 if key not in ("strategy", "seed"):
                     entry.setdefault(key, []).append(float(value) if value not in ("", "nan") else np.nan)
