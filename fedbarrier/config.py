@@ -154,7 +154,8 @@ class SimulationConfig:
                                "'auto': the clients that train at once share this machine's "
                                "GPUs when train.device is not cpu, else 0)", min=0.0,
                                words=("auto",))
-    ray_address: str = _f("", "join an existing Ray cluster ('auto' or host:port; '' = start one)")
+    ray_address: str = _f("", "join an existing Ray cluster ('auto' or host:port; '' = "
+                              "$RAY_ADDRESS if set, else start a private one)")
 
 
 @dataclass(frozen=True)

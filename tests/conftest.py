@@ -1,9 +1,14 @@
-"""Shared test setup: no telemetry, tiny generated data, a fake grid and replies, and no Ray
-left behind."""
+"""Shared test setup: no telemetry, tiny generated data, a fake grid and replies, one Ray cluster
+for the simulation tests, and no Ray left behind."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 
 import pytest
 
@@ -63,6 +68,54 @@ def task_identity(monkeypatch):
 
     for attr in ("_run_id", "_task_id", "_node_id"):  # the metaclass stores them privately
         monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_ray_cluster(request):
+    """Simulation tests join one Ray cluster through ``RAY_ADDRESS`` (runs and their subprocesses
+    read it) instead of each starting and stopping a private instance, ~5 s a run on 2 cores.
+
+    Started only when slow tests are collected and no ``RAY_ADDRESS`` is set. Tests of the private
+    instance itself (its shutdown, its scratch folder, Ctrl-C) unset the variable for their run.
+    """
+    wanted = any(item.get_closest_marker("slow") for item in request.session.items)
+    ray_bin = shutil.which("ray")
+    if not wanted or ray_bin is None or os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    temp = tempfile.mkdtemp(prefix="fbr-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    address = f"127.0.0.1:{_free_port()}"
+    started = subprocess.run(
+        [ray_bin, "start", "--head", f"--port={address.split(':')[1]}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={os.cpu_count() or 1}", f"--temp-dir={temp}", "--include-dashboard=false",
+         "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the tests' Ray cluster:\n{started.stderr[-2000:]}")
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        yield address
+    finally:
+        del os.environ["RAY_ADDRESS"]
+        # `ray stop` would stop every Ray on the machine; end only this cluster's processes.
+        found = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout
+        for pid in found.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def private_ray(monkeypatch):
+    """This test's runs start their own Ray instance, as `fedbarrier run` does by default."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

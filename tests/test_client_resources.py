@@ -67,3 +67,16 @@ def test_simulated_clients_use_the_gpu_ray_assigned():
     assert client_device_spec("cuda:1", in_ray_worker=False) == "cuda:1"
     assert client_device_spec("auto", in_ray_worker=True) == "auto"
     assert client_device_spec("cpu", in_ray_worker=True) == "cpu"
+
+
+def test_ray_address_comes_from_the_config_else_from_RAY_ADDRESS(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    private = backend_config(load_config(None, []), tmp_path)["init_args"]
+    assert "address" not in private and private["num_cpus"] >= 1  # a private instance
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6399")
+    joined = backend_config(load_config(None, []), tmp_path)["init_args"]
+    # joining a cluster: ray.init refuses num_cpus (the cluster has its own) and a temp dir
+    assert joined["address"] == "127.0.0.1:6399"
+    assert "num_cpus" not in joined and "_temp_dir" not in joined
+    named = load_config(None, ["simulation.ray_address=10.0.0.1:6379"])
+    assert backend_config(named, tmp_path)["init_args"]["address"] == "10.0.0.1:6379"

@@ -294,7 +294,7 @@ def test_a_run_is_dispatched_without_waiting_for_the_poll(monkeypatch, tmp_path)
     assert [r["round"] for r in rounds] == [0, 1]
 
 
-def test_autoscaler_monitor_of_a_local_ray_is_stopped() -> None:
+def test_autoscaler_monitor_of_a_local_ray_is_stopped(private_ray) -> None:
     import ray
 
     assert not stop_autoscaler_monitor()  # no Ray started by this process

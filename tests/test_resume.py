@@ -49,18 +49,21 @@ def kill_tree_matching(marker: str) -> None:
             pass
 
 
-def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr,
-                  quiet: bool = True) -> tuple[subprocess.Popen, Path]:
+def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bool = True,
+                  private_ray: bool = False) -> tuple[subprocess.Popen, Path]:
     """`fedbarrier run` in its own session, with Ray's files under a short private temp folder.
 
     Ray's processes carry that folder's path, so the test can find and kill them; it is short
     because Ray's unix socket paths must stay under 107 characters. Without ``quiet`` the run
-    prints a progress line to stderr as each round is recorded.
+    prints a progress line to stderr as each round is recorded. With ``private_ray`` the run
+    starts its own Ray instance (in that folder) instead of joining the tests' cluster.
     """
     config_file = tmp_path / "exp.toml"
     config_file.write_text(to_toml(cfg))
     private_tmp = Path(tempfile.mkdtemp(prefix=prefix))
     env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(ROOT)}
+    if private_ray:
+        env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "fedbarrier", "run", str(config_file),
                              "--out", str(run), *(["--quiet"] if quiet else [])], cwd=ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -118,7 +121,8 @@ def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
 def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path):
     cfg = load_config(None, RESUMABLE)
     run = tmp_path / "run"
-    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE, quiet=False)
+    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE, quiet=False,
+                                      private_ray=True)
     # The signal goes when the progress line of round 1 appears (the server prints it once the
     # round is recorded): mid-run, with rounds 2-4 and the shutdown still to come.
     lines: list[str] = []

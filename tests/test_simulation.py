@@ -45,6 +45,7 @@ def tiny_run_scratch(tmp_path_factory):
     scratch = Path(tempfile.mkdtemp(prefix="fbt-", dir=simulation.scratch_root()))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(simulation, "scratch_root", lambda: str(scratch))
+        patch.delenv("RAY_ADDRESS", raising=False)  # the default path: a private Ray instance
         run_experiment(cfg, out, progress=False)
     yield cfg, out, scratch
     shutil.rmtree(scratch, ignore_errors=True)

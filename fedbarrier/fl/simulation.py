@@ -98,10 +98,16 @@ def client_gpu_share(cfg: Config, gpu_memory: list[int], cpus: int) -> float:
     return math.floor(1e4 / per_gpu) / 1e4  # Ray resolves shares to 4 decimals
 
 
+def ray_address(cfg: Config) -> str:
+    """The Ray cluster to join: ``[simulation] ray_address``, else ``$RAY_ADDRESS`` as Ray's own
+    tools read it, else '' (start a private instance)."""
+    return cfg.simulation.ray_address or os.environ.get("RAY_ADDRESS", "")
+
+
 def backend_config(cfg: Config, scratch: Path) -> dict[str, Any]:
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if cfg.simulation.ray_address:
-        init_args["address"] = cfg.simulation.ray_address
+    if address := ray_address(cfg):
+        init_args["address"] = address  # the cluster has its own CPUs and session folder
     else:
         # A private temp dir per run: a stale Ray session folder elsewhere cannot hang us.
         init_args["_temp_dir"] = str(scratch / "ray")
