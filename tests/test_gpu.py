@@ -15,8 +15,10 @@ from fedbarrier.config import load_config
 from fedbarrier.fl.simulation import run_experiment
 from fedbarrier.learn.local import train
 from fedbarrier.learn.models import build_model
+from fedbarrier.measure.barriers import average_states
 from fedbarrier.measure.evaluator import ModelEvaluator
-from fedbarrier.measure.layers import model_stages
+from fedbarrier.measure.layers import layer_groups, model_stages
+from fedbarrier.measure.local import local_barriers
 from tests.test_evaluator import client_states
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,6 +35,33 @@ def test_evaluator_on_gpu_matches_cpu(name, shape):
     for cpu, gpu in zip(scores["cpu"], scores["cuda"]):
         # cuDNN may run float32 convolutions in TF32 (10-bit mantissa): about 1e-3 relative
         assert gpu["loss"] == pytest.approx(cpu["loss"], rel=5e-3)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_local_barriers_on_gpu_match_cpu(name):
+    """A client measuring on its GPU reports the local barriers (values and se) of the CPU."""
+    shape = (3, 16, 16)
+    torch.manual_seed(0)
+    model = build_model(name, shape, 5)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, *shape, generator=gen), torch.randint(0, 5, (64,), generator=gen)
+    states = client_states(name, shape)
+    average = average_states(states, [0.5, 0.3, 0.2])
+    groups = layer_groups(model, x[:2])
+    records = {dev: local_barriers(states[0], average, groups,
+                                   ModelEvaluator(model, x, y, stages=model_stages(model),
+                                                  device=dev))
+               for dev in ("cpu", "cuda")}
+    cpu, gpu = records["cpu"], records["cuda"]
+    assert gpu["n"] == cpu["n"] == 64 and gpu["layers"] == cpu["layers"]
+    # TF32 convolutions (see above); the error moves in steps of 100/64 pp, so allow one flip
+    assert gpu["full"]["loss"] == pytest.approx(cpu["full"]["loss"], rel=5e-3, abs=1e-3)
+    assert abs(gpu["full"]["error"] - cpu["full"]["error"]) <= 100 / 64 + 1e-9
+    assert gpu["full_se"]["loss"] == pytest.approx(cpu["full_se"]["loss"], rel=2e-2, abs=1e-3)
+    for layer in cpu["layers"]:
+        assert gpu["per_layer"]["loss"][layer] == pytest.approx(
+            cpu["per_layer"]["loss"][layer], rel=5e-3, abs=1e-3), layer
+    assert gpu["shallow"]["loss"] == pytest.approx(cpu["shallow"]["loss"], rel=5e-3, abs=1e-3)
 
 
 def trained(name, device):
