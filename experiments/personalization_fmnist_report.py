@@ -6,7 +6,8 @@ regime, and better than every static strategy in at least one.
 
 Reads RESULTS_DIR/personalization-fmnist-<regime>/ (rebuilding each summary.csv from the runs'
 records with fedbarrier.compare.summarize_folder) and writes
-RESULTS_DIR/personalization-fmnist-summary.md.
+RESULTS_DIR/personalization-fmnist-summary.md. Runs that stopped early (all clients diverged) are
+named beside their strategy and left out of its cells, as in compare's own table.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def regime_rows(folder: Path) -> dict[str, dict[str, list[float]]]:
         for row in csv.DictReader(f):
             # a folder re-summarized without compare's own table names plug-ins by their folder
             name = row["strategy"].replace("shallow-", "shallow:").replace("deep-", "deep:")
-            entry = rows.setdefault(name, {})
+            entry = rows.setdefault(name, {"stopped": []})
+            if row.get("finished") == "0":  # stopped early (e.g. diverged): counted apart
+                entry["stopped"].append(float(row["seed"]))
+                continue
             for key, value in row.items():
-                if key not in ("strategy", "seed"):
+                if key not in ("strategy", "seed", "finished"):
                     entry.setdefault(key, []).append(float(value) if value not in ("", "nan") else np.nan)
     return rows
 
@@ -65,10 +69,15 @@ def main(results: Path) -> str:
             r = rows.get(name)
             if r is None:
                 continue
-            lines.append(f"| `{name}` | {_cell(r['final_local'])} | {_cell(r['client_std'])} | "
-                         f"{_cell(r['worst_client'])} | {_cell(r['final_global'])} | "
-                         f"{_cell(r['megabytes'], 0)} | {_cell(r['local_barrier_error'])} |")
-        means = {n: float(np.nanmean(rows[n]["final_local"])) for n in STATIC if n in rows}
+            stopped = r["stopped"]
+            label = f"`{name}`" + (f" ({len(stopped)} stopped: seed "
+                                   f"{', '.join(str(int(x)) for x in stopped)})" if stopped else "")
+            lines.append(f"| {label} | {_cell(r.get('final_local', []))} | "
+                         f"{_cell(r.get('client_std', []))} | "
+                         f"{_cell(r.get('worst_client', []))} | {_cell(r.get('final_global', []))} | "
+                         f"{_cell(r.get('megabytes', []), 0)} | {_cell(r.get('local_barrier_error', []))} |")
+        means = {n: float(np.nanmean(rows[n]["final_local"])) for n in STATIC
+                 if rows.get(n, {}).get("final_local")}
         best = max(means, key=means.get)
         if ADAPTIVE in rows:
             mine = float(np.nanmean(rows[ADAPTIVE]["final_local"]))

@@ -12,6 +12,11 @@ Over seeds a cell is mean ± sample std. Where a column has a within-run standar
 server's ``full_se``; the local mean's sqrt(sum_k p_k^2 se_k^2) over clients), the cell adds
 "(se x)": the root mean square of the seeds' ses, to hold against the spread over seeds.
 
+A run that stopped early (e.g. every client diverged: the run raises RunAborted) does not stop
+the comparison: the other pairs still run, the table counts it apart ("2 (+1 stopped)") and leaves
+it out of the cells, summary.csv keeps its numbers with ``finished`` = 0, and the command exits 1
+at the end, naming it.
+
 A finished comparison folder is summarized again, without running anything, by
 ``python -m fedbarrier.compare OUT`` (:func:`summarize_folder`).
 """
@@ -30,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from fedbarrier.config import Config
-from fedbarrier.errors import UserError
+from fedbarrier.config import Config, load_config
+from fedbarrier.errors import RunAborted, UserError
 from fedbarrier.plots.records import full_se, full_value
 from fedbarrier.runtime.rundir import RunDir, read_jsonl, write_atomic
 
@@ -99,6 +104,16 @@ def run_summary(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether the run recorded every round its config.toml asks for (True without a config: then
+    nothing says it stopped)."""
+    if not (run_dir / "config.toml").is_file():
+        return True
+    rounds = load_config(run_dir / "config.toml").train.rounds
+    done = [m["round"] for m in read_jsonl(run_dir / "metrics.jsonl") if isinstance(m.get("round"), int)]
+    return max(done, default=-1) >= rounds
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -118,22 +133,29 @@ def _fmt(values: list[float], ses: list[float] | None = None) -> str:
 
 
 def summarize(runs: dict[str, list[Path]]) -> tuple[str, str]:
-    """(markdown table, CSV) over seeds: mean ± sample std, and the within-run se where there is one."""
+    """(markdown table, CSV) over seeds: mean ± sample std, and the within-run se where there is one.
+
+    Cells are over the finished runs only; a run that stopped early is counted in "seeds" apart
+    and keeps its numbers in the CSV (``finished`` = 0).
+    """
     rows = {s: [run_summary(p) for p in paths] for s, paths in runs.items()}
+    finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
     header = ["strategy", "seeds"] + [title for title, _ in COLUMNS]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     buf = io.StringIO()
     writer = csv.writer(buf)
     keys = [key for _, key in COLUMNS] + list(SE_COLUMNS.values())
-    writer.writerow(["strategy", "seed"] + keys)
+    writer.writerow(["strategy", "seed", "finished"] + keys)
     for strategy, summaries in rows.items():
-        cells = [strategy, str(len(summaries))]
-        cells += [_fmt([s[key] for s in summaries],
-                       [s[SE_COLUMNS[key]] for s in summaries] if key in SE_COLUMNS else None)
+        done = [s for s, ok in zip(summaries, finished[strategy]) if ok]
+        stopped = len(summaries) - len(done)
+        cells = [strategy, f"{len(done)} (+{stopped} stopped)" if stopped else str(len(done))]
+        cells += [_fmt([s[key] for s in done],
+                       [s[SE_COLUMNS[key]] for s in done] if key in SE_COLUMNS else None)
                   for _, key in COLUMNS]
         md.append("| " + " | ".join(cells) + " |")
-        for path, s in zip(runs[strategy], summaries):
-            writer.writerow([strategy, path.name.removeprefix("seed-")] + [s[k] for k in keys])
+        for path, s, ok in zip(runs[strategy], summaries, finished[strategy]):
+            writer.writerow([strategy, path.name.removeprefix("seed-"), int(ok)] + [s[k] for k in keys])
     return "\n".join(md) + "\n", buf.getvalue()
 
 
@@ -144,7 +166,12 @@ def _write_summary(runs: dict[str, list[Path]], out: Path) -> str:
     markdown, table = summarize(runs)
     RunDir(out).write_text(SUMMARY_MD, markdown)
     write_atomic(out / SUMMARY_CSV, table)
-    plot_comparison(runs, out)
+    # the curves of the finished runs, as the table; a strategy with none shows where it stopped
+    curves = {}
+    for strategy, paths in runs.items():
+        done = [p for p in paths if run_finished(p)]
+        curves[strategy if done else f"{strategy} (stopped)"] = done or paths
+    plot_comparison(curves, out)
     return markdown
 
 
@@ -213,14 +240,22 @@ def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: P
         raise UserError(f"comparison folder {str(out)!r} already holds results; pass --force or "
                         "choose another --out")
     runs: dict[str, list[Path]] = {name: [] for name in strategies}
+    stopped: list[str] = []
     for seed in seeds:
         for name in strategies:
             run = out / run_folder_name(name) / f"seed-{seed}"
             if progress:
                 print(f"== {name}, seed {seed} -> {run}", flush=True)
-            run_experiment(replace(configs[name], seed=seed), run, force=True, progress=progress)
+            try:
+                run_experiment(replace(configs[name], seed=seed), run, force=True, progress=progress)
+            except RunAborted as exc:  # a result (e.g. divergence), not a reason to stop the rest
+                print(f"== {name}, seed {seed} stopped early: {exc}", file=sys.stderr, flush=True)
+                stopped.append(f"{name} seed {seed} ({exc})")
             runs[name].append(run)
     print(_write_summary(runs, out))
+    if stopped:
+        raise RunAborted(f"{len(stopped)} of {len(seeds) * len(strategies)} runs stopped early: "
+                         f"{'; '.join(stopped)}; the table counts them apart")
     return runs
 
 

@@ -8,9 +8,17 @@ import math
 
 import pytest
 
-from fedbarrier.compare import COLUMNS, compare, main, run_summary, summarize, summarize_folder
+from fedbarrier.compare import (
+    COLUMNS,
+    compare,
+    main,
+    run_finished,
+    run_summary,
+    summarize,
+    summarize_folder,
+)
 from fedbarrier.config import load_config
-from fedbarrier.errors import UserError
+from fedbarrier.errors import RunAborted, UserError
 from tests.conftest import TINY
 
 
@@ -90,7 +98,7 @@ def test_client_spread_and_local_barrier_with_standard_errors(tmp_path):
     assert cells["full barrier, test loss"] == "0.3 ± 0.14 (se 0.03)"  # the seed without se adds none
     assert cells["full barrier, test error (pp)"] == "0.6 ± 0.28"
     rows = list(csv.DictReader(table.splitlines()))
-    assert list(rows[0])[2:] == [key for _, key in COLUMNS] + [
+    assert list(rows[0])[2:] == ["finished"] + [key for _, key in COLUMNS] + [
         "barrier_loss_se", "barrier_error_se", "local_barrier_error_se"]
     assert [float(r["local_barrier_error_se"]) for r in rows] == pytest.approx(
         [math.sqrt(0.8125), math.sqrt(3.25)])
@@ -116,6 +124,51 @@ def test_summarize_folder_reproduces_the_summary(tmp_path):
     found = summarize_folder(out)
     assert list(found) == ["fedavg", "local", "plugins.mine-Strategy"]
     assert [p.name for p in found["local"]] == ["seed-0", "seed-1"]
+
+
+def stopped(path, rounds):
+    """``path`` as a run configured for ``rounds`` rounds (its records say 2 are done)."""
+    (path / "config.toml").write_text(f"[train]\nrounds = {rounds}\n")
+    return path
+
+
+def test_runs_that_stopped_early_are_counted_apart_and_left_out_of_the_cells(tmp_path):
+    first, second = two_seeds(tmp_path / "deep")
+    assert run_finished(first)  # no config.toml: nothing says it stopped
+    assert run_finished(stopped(first, 2)) and not run_finished(stopped(second, 6))
+    markdown, table = summarize({"deep": [first, second]})
+    header, _, row = markdown.splitlines()
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                     [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["seeds"] == "1 (+1 stopped)"
+    assert cells["final personalized acc (%)"] == "70"  # seed 0 alone, not 80 ± 14 with seed 1
+    rows = list(csv.DictReader(table.splitlines()))
+    assert [r["finished"] for r in rows] == ["1", "0"]
+    assert float(rows[1]["final_local"]) == 90  # the stopped run's own numbers stay in the CSV
+
+    all_stopped, _ = summarize({"deep": [second]})
+    assert "| deep | 0 (+1 stopped) | – |" in all_stopped
+
+
+def test_compare_runs_every_pair_when_one_stops_and_says_so_at_the_end(tmp_path, monkeypatch):
+    from fedbarrier.fl import simulation
+
+    ran = []
+
+    def run_experiment(cfg, out, *, force, progress):
+        ran.append((cfg.strategy.name, cfg.seed))
+        aborts = (cfg.strategy.name, cfg.seed) == ("deep:2", 0)
+        stopped(fake_run(out, [50, 70], [60, 80], 0.2), 5 if aborts else 2)
+        if aborts:
+            raise RunAborted("round 3: only 0 usable client models")
+
+    monkeypatch.setattr(simulation, "run_experiment", run_experiment)
+    cfg = load_config(None, TINY)
+    with pytest.raises(RunAborted, match=r"1 of 4 runs stopped early: deep:2 seed 0 \(round 3: "
+                                         r"only 0 usable client models\)"):
+        compare(cfg, ["fedavg", "deep:2"], [0, 1], tmp_path / "cmp", progress=False)
+    assert ran == [("fedavg", 0), ("deep:2", 0), ("fedavg", 1), ("deep:2", 1)]
+    assert "| deep:2 | 1 (+1 stopped) |" in (tmp_path / "cmp" / "summary.md").read_text()
 
 
 def test_module_entry_point(tmp_path, capsys):
