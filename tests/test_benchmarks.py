@@ -45,3 +45,16 @@ def test_local_cost_benchmark_scores_every_local_variant_once():
     # endpoint, full, 4 single layers, shallow 1..4 and deep 1..4, less the duplicates
     # (shallow/4 = deep/4 = full, shallow/1 = layer 1, deep/1 = layer 4): 10 distinct models
     assert all(r["evaluations"] == 10 and r["ratio"] > 0 for r in rows)
+
+
+def test_the_runner_answers_help_and_refuses_unknown_names_without_running_any(capsys):
+    import pytest
+
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as help_exit:
+        main(["--help"])
+    assert help_exit.value.code == 0 and "local_cost" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        main(["scale", "nope"])
+    assert bad.value.code == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err

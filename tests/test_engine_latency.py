@@ -281,6 +281,7 @@ def test_short_wait_queue_caps_blocking_waits() -> None:
     assert q.get(timeout=600) == 1
 
 
+@pytest.mark.slow
 def test_a_run_is_dispatched_without_waiting_for_the_poll(monkeypatch, tmp_path) -> None:
     """With the fallback poll at 5 minutes, the run (seconds) ends in time only if every
     dispatch (the partition query, both phases of the round) and the end of the run wake the
