@@ -70,6 +70,16 @@ def task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, attr, 1, raising=False)
 
 
+def kill_processes_matching(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (e.g. a Ray temp folder)."""
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    for pid in found.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,17 +87,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_ray_cluster(request):
+def ray_cluster(request):
     """Simulation tests join one Ray cluster through ``RAY_ADDRESS`` (runs and their subprocesses
     read it) instead of each starting and stopping a private instance, ~5 s a run on 2 cores.
 
-    Started only when slow tests are collected and no ``RAY_ADDRESS`` is set. Tests of the private
-    instance itself (its shutdown, its scratch folder, Ctrl-C) unset the variable for their run.
+    Started only when slow tests are collected and no ``RAY_ADDRESS`` is set; the value is its
+    address, else None. Tests of the private instance itself (its shutdown, its scratch folder,
+    Ctrl-C) unset the variable for their run.
     """
     wanted = any(item.get_closest_marker("slow") for item in request.session.items)
     ray_bin = shutil.which("ray")
     if not wanted or ray_bin is None or os.environ.get("RAY_ADDRESS"):
-        yield
+        yield None
         return
     temp = tempfile.mkdtemp(prefix="fbr-", dir="/tmp" if os.path.isdir("/tmp") else None)
     address = f"127.0.0.1:{_free_port()}"
@@ -103,12 +114,7 @@ def _one_ray_cluster(request):
     finally:
         del os.environ["RAY_ADDRESS"]
         # `ray stop` would stop every Ray on the machine; end only this cluster's processes.
-        found = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout
-        for pid in found.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_matching(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ from fedbarrier.config import load_config, to_toml
 from fedbarrier.errors import UserError
 from fedbarrier.fl.simulation import resume_experiment, run_experiment
 from strategies.feddc import DAISY, feddc_step
-from tests.conftest import TINY
+from tests.conftest import TINY, kill_processes_matching
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +37,6 @@ DAISY_CHAINED = TINY + ["train.rounds=5", "train.local_epochs=3", "strategy.name
 def records(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
             for line in path.read_text().splitlines()]
-
-
-def kill_tree_matching(marker: str) -> None:
-    """SIGKILL every process whose command line mentions ``marker`` (Ray's helpers included)."""
-    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
-    for pid in out.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bool = True,
@@ -87,7 +77,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, overrides):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    kill_tree_matching(str(private_tmp))
+    kill_processes_matching(str(private_tmp))
     shutil.rmtree(private_tmp, ignore_errors=True)
     assert metrics.exists(), (tmp_path / "stderr.txt").read_text()[-2000:]
     done_at_kill = len(metrics.read_text().splitlines()) - 1
@@ -149,7 +139,7 @@ def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path
     assert f"resume with: fedbarrier run --resume {run}" in stderr
     time.sleep(2)
     leftover = subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True, text=True)
-    kill_tree_matching(str(private_tmp))
+    kill_processes_matching(str(private_tmp))
     shutil.rmtree(private_tmp, ignore_errors=True)
     assert leftover.stdout.strip() == "", "Ray processes survived Ctrl-C"
     resume_experiment(run, progress=False)
