@@ -102,18 +102,26 @@ def ray_cluster(request):
         return
     temp = tempfile.mkdtemp(prefix="fbr-", dir="/tmp" if os.path.isdir("/tmp") else None)
     address = f"127.0.0.1:{_free_port()}"
-    started = subprocess.run(
+    # In a process group of its own, which every process of the cluster inherits (some, such as
+    # the dashboard agent, do not name the temp folder on their command line).
+    start = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={address.split(':')[1]}", "--node-ip-address=127.0.0.1",
          f"--num-cpus={os.cpu_count() or 1}", f"--temp-dir={temp}", "--include-dashboard=false",
-         "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
-    if started.returncode != 0:
-        pytest.fail(f"could not start the tests' Ray cluster:\n{started.stderr[-2000:]}")
-    os.environ["RAY_ADDRESS"] = address
+         "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    said, _ = start.communicate(timeout=120)
     try:
+        if start.returncode != 0:
+            pytest.fail(f"could not start the tests' Ray cluster:\n{said[-2000:]}")
+        os.environ["RAY_ADDRESS"] = address
         yield address
     finally:
-        del os.environ["RAY_ADDRESS"]
+        os.environ.pop("RAY_ADDRESS", None)
         # `ray stop` would stop every Ray on the machine; end only this cluster's processes.
+        try:
+            os.killpg(start.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         kill_processes_matching(temp)
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -65,6 +65,54 @@ def test_federation_maps_the_shared_data_instead_of_loading(
     assert torch.equal(mapped.client_train(1).x, expected.client_train(1).x)
 
 
+def test_the_shared_partition_is_used_and_equals_the_computed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_federation: None) -> None:
+    """Workers take the driver's partition instead of partitioning again (which imports
+    flwr-datasets, ~2 s a process); a config it was not made for partitions itself."""
+    cfg = load_config(None, [*TINY, "data.train_size=200", "data.test_size=50"])
+    expected = federation(cfg.data, cfg.seed)
+    share_data(cfg.data, cfg.seed, tmp_path)
+    federation.cache_clear()
+
+    def must_not_partition(*args: object, **kwargs: object) -> None:
+        raise AssertionError("partitioned again although the partition was shared")
+
+    monkeypatch.setattr(fedmod, "partition_labels", must_not_partition)
+    use_shared_data(tmp_path)
+    mapped = federation(cfg.data, cfg.seed)
+    for mine, theirs in ((mapped.train_parts, expected.train_parts),
+                         (mapped.test_parts, expected.test_parts)):
+        assert len(mine) == len(theirs) == cfg.data.num_clients
+        assert all(a.dtype == b.dtype and a.tolist() == b.tolist() for a, b in zip(mine, theirs))
+    assert torch.equal(mapped.client_test(2).x, expected.client_test(2).x)  # the same subset
+
+    other = load_config(None, [*TINY, "data.train_size=200", "data.test_size=50", "data.alpha=2"])
+    with pytest.raises(AssertionError, match="partitioned again"):
+        federation(other.data, other.seed)
+
+
+def test_a_worker_with_the_share_never_imports_flwr_datasets(tmp_path: Path,
+                                                             fresh_federation: None) -> None:
+    cfg = load_config(None, TINY)
+    share_data(cfg.data, cfg.seed, tmp_path)
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from fedbarrier.config import load_config
+        from fedbarrier.data.federation import federation, use_shared_data
+        from tests.conftest import TINY
+        use_shared_data(Path({str(tmp_path)!r}))
+        cfg = load_config(None, TINY)
+        federation(cfg.data, cfg.seed).client_train(0)
+        print("flwr_datasets" in sys.modules)
+    """)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
 def test_federation_loads_itself_when_the_share_is_another_dataset(
         tmp_path: Path, fresh_federation: None) -> None:
     cfg = load_config(None, TINY)

@@ -26,7 +26,7 @@ import torch
 
 from fedbarrier.config import DataConfig
 from fedbarrier.data.datasets import DatasetSplits, ImageDataset, SyntheticSpec, load_dataset
-from fedbarrier.data.shared import read_splits, write_splits
+from fedbarrier.data.shared import read_parts, read_splits, write_parts, write_splits
 from fedbarrier.errors import UserError
 from fedbarrier.seeds import Stream, derive_seed
 from partitions import PartitionStats, partition_labels, partition_stats, split_train_test
@@ -85,8 +85,16 @@ def use_shared_data(folder: Path | None) -> None:
 
 
 def share_data(cfg: DataConfig, seed: int, folder: Path) -> None:
-    """Write this process's copy of the dataset to ``folder`` for :func:`use_shared_data`."""
-    write_splits(federation(cfg, seed).splits, folder, _dataset_key(cfg, seed))
+    """Write this process's copy of the dataset and its partition to ``folder`` for
+    :func:`use_shared_data`."""
+    fed = federation(cfg, seed)
+    write_splits(fed.splits, folder, _dataset_key(cfg, seed))
+    write_parts(fed.train_parts, fed.test_parts, folder, _federation_key(cfg, seed))
+
+
+def _federation_key(cfg: DataConfig, seed: int) -> dict[str, Any]:
+    """Everything the partition depends on: the whole data config and the seed."""
+    return {"data": asdict(cfg), "seed": seed}
 
 
 def _spec(cfg: DataConfig, seed: int) -> SyntheticSpec | None:
@@ -124,6 +132,9 @@ def federation(cfg: DataConfig, seed: int) -> Federation:
     if cfg.train_size or cfg.test_size:
         splits = replace(splits, train=_subset(splits.train, cfg.train_size, seed, 0),
                          test=_subset(splits.test, cfg.test_size, seed, 1))
+    shared = read_parts(_shared_folder, _federation_key(cfg, seed)) if _shared_folder else None
+    if shared is not None:  # the driver's partition, checked when it was made
+        return Federation(splits=splits, train_parts=shared[0], test_parts=shared[1])
     labels = splits.train.y.numpy()
     if cfg.num_clients > len(labels):
         raise UserError(f"data.num_clients = {cfg.num_clients} exceeds the {len(labels)} training "
