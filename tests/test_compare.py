@@ -182,7 +182,7 @@ def test_module_entry_point(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compare_runs_strategies_on_identical_partitions(tmp_path):
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, TINY + ["train.rounds=1"])
     runs = compare(cfg, ["fedavg", "local"], [0], tmp_path / "cmp", progress=False)
     partitions = [(runs[s][0] / "partition.json").read_text() for s in ("fedavg", "local")]
     assert partitions[0] == partitions[1]

@@ -33,14 +33,14 @@ def corrupt(reply: Message, how: str) -> Message:
     return reply
 
 
-def faulty_app(cfg, store_root, faults: dict[int, str], in_round: int) -> ClientApp:
-    """fedbarrier's client, except that some clients misbehave in one round."""
+def faulty_app(cfg, store_root, faults: dict[int, dict[int, str]]) -> ClientApp:
+    """fedbarrier's client, except that some clients misbehave: ``faults[round][client]``."""
     app = ClientApp()
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        fault = faults.get(pid) if int(msg.content["config"]["server-round"]) == in_round else None
+        fault = faults.get(int(msg.content["config"]["server-round"]), {}).get(pid)
         if fault == "raise":
             raise RuntimeError("injected client failure")
         reply = client_train(msg, context, cfg, store_root)
@@ -65,34 +65,30 @@ def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_faulty_clients_are_excluded_and_recorded_and_the_run_goes_on(tmp_path):
-    cfg = load_config(None, FIVE)
+def test_faulty_clients_are_excluded_and_recorded_then_too_few_stop_the_run(tmp_path):
+    """One run: in round 2 three of five clients fail in three ways and the run goes on with the
+    other two (min_clients = 2); in round 3 four fail and it stops with a clear message, keeping
+    every record of rounds 0-2."""
+    cfg = load_config(None, FIVE + ["strategy.min_clients=2", "train.rounds=3"])
     out = tmp_path / "run"
-    faults = {1: "raise", 2: "nan", 3: "shape", 4: "diverge"}
-    app = faulty_app(cfg, out / CLIENTS_DIR, faults, in_round=2)
-    run_experiment(cfg, out, progress=False, client_app=app)
+    faults = {2: {1: "raise", 2: "nan", 3: "shape"},
+              3: {0: "diverge", 1: "nan", 2: "raise", 3: "shape"}}
+    app = faulty_app(cfg, out / CLIENTS_DIR, faults)
+    with pytest.raises(RunAborted, match="round 3: only 1 usable client models") as stopped:
+        run_experiment(cfg, out, progress=False, client_app=app)
+    assert "client 0: diverged" in str(stopped.value)
     metrics = read(out / "metrics.jsonl")
     assert [m["round"] for m in metrics] == [0, 1, 2]
     assert metrics[1]["excluded_clients"] == {}
     excluded = metrics[2]["excluded_clients"]
-    assert sorted(excluded) == ["1", "2", "3", "4"]
+    assert sorted(excluded) == ["1", "2", "3"]
     assert "injected client failure" in excluded["1"]
     assert "non-finite" in excluded["2"]
     assert "shape" in excluded["3"]
-    assert "diverged" in excluded["4"]
-    assert metrics[2]["clients"] == [0]
-    # one usable model left: no barrier between models in round 2, nothing NaN was averaged in
-    assert [b["round"] for b in read(out / "barriers.jsonl") if b["split"] == "test"] == [1]
+    assert metrics[2]["clients"] == [0, 4]
+    # barriers between the two usable models only; nothing NaN was averaged in
+    assert [b["round"] for b in read(out / "barriers.jsonl") if b["split"] == "test"] == [1, 2]
     assert metrics[2]["global_test_loss"] == metrics[2]["global_test_loss"]  # not NaN
-
-
-def test_too_few_usable_clients_stops_with_a_clear_message_and_keeps_records(tmp_path):
-    cfg = load_config(None, FIVE + ["strategy.min_clients=3"])
-    out = tmp_path / "run"
-    app = faulty_app(cfg, out / CLIENTS_DIR, {0: "nan", 1: "nan", 2: "raise"}, in_round=2)
-    with pytest.raises(RunAborted, match="round 2: only 2 usable client models"):
-        run_experiment(cfg, out, progress=False, client_app=app)
-    assert [m["round"] for m in read(out / "metrics.jsonl")] == [0, 1]
     import ray
 
     assert not ray.is_initialized()

@@ -61,11 +61,30 @@ def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bo
     return proc, private_tmp
 
 
-@pytest.mark.parametrize("overrides", [RESUMABLE, DAISY_CHAINED], ids=["fedper", "feddc"])
-def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, overrides):
-    cfg = load_config(None, overrides)
-    reference = tmp_path / "reference"
-    run_experiment(cfg, reference, progress=False)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``uninterrupted(name)``: the uninterrupted run of RESUMABLE ("fedper") or DAISY_CHAINED
+    ("feddc"), made once for the module (tests only read it)."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = tmp_path_factory.mktemp(name) / "reference"
+            overrides = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}[name]
+            run_experiment(load_config(None, overrides), made[name], progress=False)
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["fedper", "feddc"])
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, name, uninterrupted):
+    cfg = load_config(None, {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}[name])
+    reference = uninterrupted(name)
+    if name == "fedper":  # all but the head travel (FedPer); instrumentation is counted apart
+        last = records(reference / "metrics.jsonl")[-1]
+        assert last["shared_layers"] == ["conv1", "conv2", "fc1"]
+        assert 0 < last["bytes_received"] and last["bytes_instrumentation"] > 0
 
     run = tmp_path / "killed"
     proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbk-", open(tmp_path / "stderr.txt", "w"))
@@ -96,15 +115,13 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, overrides):
     assert resumed["command"] != started["command"]  # the CLI started it; this test resumed it
 
 
-def test_resume_refuses_a_different_config_and_finished_runs(tmp_path):
-    cfg = load_config(None, TINY + ["train.rounds=1", "barriers.enabled=false"])
-    run = tmp_path / "run"
-    run_experiment(cfg, run, progress=False)
-    other = load_config(None, TINY + ["train.rounds=1", "barriers.enabled=false", "data.alpha=2"])
+def test_resume_refuses_a_different_config_and_finished_runs(uninterrupted):
+    run = uninterrupted("fedper")
+    other = load_config(None, RESUMABLE + ["data.alpha=2"])
     with pytest.raises(UserError, match="different config .*data.alpha"):
         resume_experiment(run, other, progress=False)
     before = (run / "metrics.jsonl").read_text()
-    resume_experiment(run, cfg, progress=False)  # complete: nothing to do
+    resume_experiment(run, load_config(None, RESUMABLE), progress=False)  # complete: nothing to do
     assert (run / "metrics.jsonl").read_text() == before
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,14 +99,26 @@ def test_a_run_leaves_no_scratch_files(tiny_run_scratch):
     assert list(scratch.iterdir()) == []
 
 
-def test_same_config_and_seed_give_identical_numbers(tiny_run, tmp_path):
+def test_same_config_and_seed_give_identical_numbers_on_a_joined_cluster(
+        tiny_run, tmp_path, monkeypatch, ray_cluster):
+    """The tiny run again, on an existing Ray cluster named by ``simulation.ray_address`` (the
+    session's, conftest.py) instead of a private instance: the same numbers, and the cluster
+    outlives the run."""
     cfg, out = tiny_run
+    ray_bin = shutil.which("ray")
+    if ray_cluster is None or ray_bin is None:
+        pytest.skip("no cluster started by this session (no ray command, or RAY_ADDRESS preset)")
+    monkeypatch.delenv("RAY_ADDRESS")  # the config alone names the cluster
     again = tmp_path / "b"
-    run_experiment(cfg, again, progress=False)
+    run_experiment(replace(cfg, simulation=replace(cfg.simulation, ray_address=ray_cluster)),
+                   again, progress=False)
     assert without_timings(read(out / "metrics.jsonl")) == without_timings(
         read(again / "metrics.jsonl"))
     assert without_timings(read(out / "barriers.jsonl")) == without_timings(
         read(again / "barriers.jsonl"))
+    status = subprocess.run([ray_bin, "status", f"--address={ray_cluster}"],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, "the cluster should outlive the run"
 
 
 def reference_loss(model, state, x, y):
