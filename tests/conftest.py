@@ -16,7 +16,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-# A federation small enough for CI: 3 clients on generated 1x8x8 images, 2 rounds.
+# A federation small enough for CI: 3 clients on generated 1x8x8 images, 2 rounds, one worker.
 TINY = [
     "seed=0",
     "data.dataset=synthetic",
@@ -34,6 +34,9 @@ TINY = [
     "barriers.n=60",
     "barriers.curve_points=5",
     "output.plots=false",
+    # On 2 cores one Ray worker serves the 3 clients: starting a worker (torch, Flower) costs ~5 s
+    # of CPU, the clients' work here milliseconds. tests/test_simulation.py runs two in parallel.
+    f"simulation.num_cpus={min(2, os.cpu_count() or 1)}",
 ]
 
 

@@ -77,7 +77,9 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", ["fedper", "feddc"])
+# Tests that read the same uninterrupted run share a process (xdist group), the others spread.
+@pytest.mark.parametrize("name", [pytest.param("fedper", marks=pytest.mark.xdist_group("fedper")),
+                                  "feddc"])
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, name, uninterrupted):
     cfg = load_config(None, {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}[name])
     reference = uninterrupted(name)
@@ -115,6 +117,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, name, uninter
     assert resumed["command"] != started["command"]  # the CLI started it; this test resumed it
 
 
+@pytest.mark.xdist_group("fedper")
 def test_resume_refuses_a_different_config_and_finished_runs(uninterrupted):
     run = uninterrupted("fedper")
     other = load_config(None, RESUMABLE + ["data.alpha=2"])
@@ -154,8 +157,10 @@ def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path
     assert round_1.is_set() and not finished, f"the signal did not land mid-run:\n{stderr[-3000:]}"
     assert proc.returncode == 130, stderr[-3000:]
     assert f"resume with: fedbarrier run --resume {run}" in stderr
-    time.sleep(2)
-    leftover = subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True, text=True)
+    deadline = time.monotonic() + 10  # Ray's helpers exit as their raylet goes
+    while (leftover := subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True,
+                                      text=True)).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
     kill_processes_matching(str(private_tmp))
     shutil.rmtree(private_tmp, ignore_errors=True)
     assert leftover.stdout.strip() == "", "Ray processes survived Ctrl-C"

@@ -22,7 +22,8 @@ from fedbarrier.measure.layers import layer_groups
 from fedbarrier.runtime.build import initial_model
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+# One process builds the module's tiny run and runs every test that reads it.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-run")]
 TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test",
            "measure_seconds", "measure_share"}
 
@@ -35,7 +36,8 @@ def read(path: Path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-TINY_OVERRIDES = [*TINY, "output.save_client_models=true"]
+# Two workers train and measure in parallel (as in real runs): records must not depend on timing.
+TINY_OVERRIDES = [*TINY, "output.save_client_models=true", "simulation.num_cpus=1"]
 
 
 @pytest.fixture(scope="module")
