@@ -46,19 +46,27 @@ def test_another_key_or_no_folder_reads_nothing(tmp_path: Path) -> None:
     assert read_splits(tmp_path / "absent", {"dataset": "digits", "seed": 0}) is None
 
 
+def shared_and_mapped(cfg, folder: Path, monkeypatch: pytest.MonkeyPatch, forbidden: str,
+                      message: str):
+    """(this process's federation, the one rebuilt from its share in ``folder``), with
+    ``fedbarrier.data.federation.<forbidden>`` raising ``message`` from the share on."""
+    expected = federation(cfg.data, cfg.seed)
+    share_data(cfg.data, cfg.seed, folder)
+    federation.cache_clear()
+
+    def must_not_be_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError(message)
+
+    monkeypatch.setattr(fedmod, forbidden, must_not_be_called)
+    use_shared_data(folder)
+    return expected, federation(cfg.data, cfg.seed)
+
+
 def test_federation_maps_the_shared_data_instead_of_loading(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_federation: None) -> None:
     cfg = load_config(None, TINY)
-    expected = federation(cfg.data, cfg.seed)
-    share_data(cfg.data, cfg.seed, tmp_path)
-    federation.cache_clear()
-
-    def must_not_load(*args: object, **kwargs: object) -> None:
-        raise AssertionError("loaded the dataset although it was shared")
-
-    monkeypatch.setattr(fedmod, "load_dataset", must_not_load)
-    use_shared_data(tmp_path)
-    mapped = federation(cfg.data, cfg.seed)
+    expected, mapped = shared_and_mapped(cfg, tmp_path, monkeypatch, "load_dataset",
+                                         "loaded the dataset although it was shared")
     assert mapped is not expected
     assert torch.equal(mapped.splits.train.x, expected.splits.train.x)
     assert [p.tolist() for p in mapped.train_parts] == [p.tolist() for p in expected.train_parts]
@@ -70,16 +78,8 @@ def test_the_shared_partition_is_used_and_equals_the_computed_one(
     """Workers take the driver's partition instead of partitioning again (which imports
     flwr-datasets, ~2 s a process); a config it was not made for partitions itself."""
     cfg = load_config(None, [*TINY, "data.train_size=200", "data.test_size=50"])
-    expected = federation(cfg.data, cfg.seed)
-    share_data(cfg.data, cfg.seed, tmp_path)
-    federation.cache_clear()
-
-    def must_not_partition(*args: object, **kwargs: object) -> None:
-        raise AssertionError("partitioned again although the partition was shared")
-
-    monkeypatch.setattr(fedmod, "partition_labels", must_not_partition)
-    use_shared_data(tmp_path)
-    mapped = federation(cfg.data, cfg.seed)
+    expected, mapped = shared_and_mapped(cfg, tmp_path, monkeypatch, "partition_labels",
+                                         "partitioned again although the partition was shared")
     for mine, theirs in ((mapped.train_parts, expected.train_parts),
                          (mapped.test_parts, expected.test_parts)):
         assert len(mine) == len(theirs) == cfg.data.num_clients
