@@ -132,14 +132,17 @@ def _fmt(values: list[float], ses: list[float] | None = None) -> str:
     return f"{text} (se {math.sqrt(float(np.mean(se ** 2))):.2g})" if se.size else text
 
 
-def summarize(runs: dict[str, list[Path]]) -> tuple[str, str]:
+def summarize(runs: dict[str, list[Path]],
+              finished: dict[str, list[bool]] | None = None) -> tuple[str, str]:
     """(markdown table, CSV) over seeds: mean ± sample std, and the within-run se where there is one.
 
-    Cells are over the finished runs only; a run that stopped early is counted in "seeds" apart
-    and keeps its numbers in the CSV (``finished`` = 0).
+    Cells are over the finished runs only (``finished``: :func:`run_finished` of each run, read
+    from the runs when not given); a run that stopped early is counted in "seeds" apart and keeps
+    its numbers in the CSV (``finished`` = 0).
     """
     rows = {s: [run_summary(p) for p in paths] for s, paths in runs.items()}
-    finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
+    if finished is None:
+        finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
     header = ["strategy", "seeds"] + [title for title, _ in COLUMNS]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     buf = io.StringIO()
@@ -163,13 +166,14 @@ def _write_summary(runs: dict[str, list[Path]], out: Path) -> str:
     """Write summary.md, summary.csv and the comparison plots into ``out``; returns the markdown."""
     from fedbarrier.plots.compare import plot_comparison
 
-    markdown, table = summarize(runs)
+    finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
+    markdown, table = summarize(runs, finished)
     RunDir(out).write_text(SUMMARY_MD, markdown)
     write_atomic(out / SUMMARY_CSV, table)
     # the curves of the finished runs, as the table; a strategy with none shows where it stopped
     curves = {}
     for strategy, paths in runs.items():
-        done = [p for p in paths if run_finished(p)]
+        done = [p for p, ok in zip(paths, finished[strategy]) if ok]
         curves[strategy if done else f"{strategy} (stopped)"] = done or paths
     plot_comparison(curves, out)
     return markdown

@@ -32,6 +32,7 @@ RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fed
 # Daisy-chaining after rounds 1-3: the models to hand over are server state too.
 DAISY_CHAINED = TINY + ["train.rounds=5", "train.local_epochs=3", "strategy.name=feddc",
                         "strategy.daisy_period=1", "strategy.aggregation_period=4"]
+CONFIGS = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}
 
 
 def records(path: Path) -> list[dict]:
@@ -63,15 +64,14 @@ def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bo
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """``uninterrupted(name)``: the uninterrupted run of RESUMABLE ("fedper") or DAISY_CHAINED
-    ("feddc"), made once for the module (tests only read it)."""
+    """``uninterrupted(name)``: the uninterrupted run of ``CONFIGS[name]``, made once for the
+    module (tests only read it)."""
     made: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in made:
             made[name] = tmp_path_factory.mktemp(name) / "reference"
-            overrides = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}[name]
-            run_experiment(load_config(None, overrides), made[name], progress=False)
+            run_experiment(load_config(None, CONFIGS[name]), made[name], progress=False)
         return made[name]
 
     return get
@@ -81,7 +81,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("name", [pytest.param("fedper", marks=pytest.mark.xdist_group("fedper")),
                                   "feddc"])
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, name, uninterrupted):
-    cfg = load_config(None, {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}[name])
+    cfg = load_config(None, CONFIGS[name])
     reference = uninterrupted(name)
     if name == "fedper":  # all but the head travel (FedPer); instrumentation is counted apart
         last = records(reference / "metrics.jsonl")[-1]

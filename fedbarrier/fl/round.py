@@ -24,10 +24,10 @@ Every model arrives here decoded once (by the adapter); nothing in this module d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -267,7 +267,7 @@ class RoundPipeline:
         self.average = None
         self.record.measured["local_barriers_skipped"] = reason
         for split in self.local.splits:
-            self._write_local({"round": self.record.round, "split": split, "skipped": reason})
+            self._queue_local({"round": self.record.round, "split": split, "skipped": reason})
 
     def local_reports(self, reports: Mapping[int, Mapping[str, Any]]) -> None:
         """The clients' local-barrier reports (client -> split -> report): one record per
@@ -287,15 +287,14 @@ class RoundPipeline:
             }
             if measured:
                 weights = {c: float(self._weights.get(c, 1)) for c in measured}
-                summary = summarize_local(cast(Mapping[Hashable, Mapping[str, Any]], measured),
-                                          cast(Mapping[Hashable, float], weights))
+                summary = summarize_local(measured, weights)
                 record.update(summary)
                 record["by_client"] = {str(c): r for c, r in measured.items()}
                 for metric, stats in summary.get("full", {}).items():
                     self.record.measured[f"barrier_local_full_{split}_{metric}"] = stats["mean"]
-            self._write_local(record)
+            self._queue_local(record)
 
-    def _write_local(self, record: dict[str, Any]) -> None:
+    def _queue_local(self, record: dict[str, Any]) -> None:
         """Kept until :meth:`finish`: the hooks' server-side records (which may still be being
         measured) come first, so barriers.jsonl has one order whatever the timing."""
         self._local_records.append(record)

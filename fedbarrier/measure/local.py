@@ -30,7 +30,7 @@ the same two scores of the same models.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from fedbarrier.measure.barriers import (
 )
 
 LOCAL_FAMILIES = ("full", "per_layer", "cumulative")
+ClientId = TypeVar("ClientId", bound=Hashable)
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -153,7 +154,7 @@ def _stats(values: Sequence[float], p: Sequence[float]) -> dict[str, float]:
 
 
 def summarize_local(
-    per_client: Mapping[Hashable, Mapping[str, Any]], weights: Mapping[Hashable, float]
+    per_client: Mapping[ClientId, Mapping[str, Any]], weights: Mapping[ClientId, float]
 ) -> dict[str, Any]:
     """Summaries of ``local_barriers`` records across the participants.
 
