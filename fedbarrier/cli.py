@@ -10,7 +10,9 @@
     fedbarrier keys
 
 Bad input prints one line ``error: ...`` and exits with status 2 (no traceback). Ctrl-C (SIGINT)
-exits with status 130, wherever it lands.
+exits with status 130, wherever it lands; SIGTERM during a run with 143. During a simulation the
+first of either drops the round in progress and stops cleanly (a second stops at once); the run
+can then be resumed (:mod:`fedbarrier.runtime.stopping`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedbarrier.config import describe, load_config
-from fedbarrier.errors import RunAborted, UserError
+from fedbarrier.errors import RunAborted, RunInterrupted, UserError
 from fedbarrier.runtime.process_tuning import freeze_heap
 
 
@@ -251,6 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args))
     except (UserError, RunAborted) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except RunInterrupted as exc:  # stopped between rounds' records: whole, resumable
+        hint = (f"; resume with: fedbarrier run --resume {_run_dir_of(args)}"
+                if args.command == "run" else "")
+        print(f"{exc}{hint}", file=sys.stderr, flush=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         _interrupted.set()  # also one raised by other means than the handler

@@ -5,6 +5,8 @@ wrong raises :class:`UserError`. The CLI prints ``error: <message>`` and exits w
 no traceback. Everything else is a bug and keeps its traceback.
 """
 
+import signal
+
 
 class UserError(Exception):
     """Bad input from the user; the message names the bad value and what is allowed."""
@@ -17,3 +19,13 @@ class RunAborted(Exception):
     and the run can be resumed with ``fedbarrier run --resume RUN_DIR``."""
 
     exit_code = 1
+
+
+class RunInterrupted(Exception):
+    """A run stopped on request (SIGINT, SIGTERM) before its last round; what was recorded is
+    whole and the run can be resumed. The exit status is the shell's for that signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

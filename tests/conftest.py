@@ -110,8 +110,14 @@ def ray_cluster(request):
     start = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={address.split(':')[1]}", "--node-ip-address=127.0.0.1",
          f"--num-cpus={os.cpu_count() or 1}", f"--temp-dir={temp}", "--include-dashboard=false",
-         "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+         "--disable-usage-stats",
+         # `ray start` hands workers ports from 10002-19999 without asking the system, so two
+         # clusters on one machine (one per pytest-xdist process) gave one port to two processes
+         # and Ray aborted the driver that bound second ("Failed to start the grpc server. The
+         # specified port is 10002"). Port 0 lets the system choose, as `ray.init()` does.
+         "--min-worker-port=0", "--max-worker-port=0", "--dashboard-agent-listen-port=0",
+         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     said, _ = start.communicate(timeout=120)
     try:
         if start.returncode != 0:

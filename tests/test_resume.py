@@ -19,6 +19,7 @@ import pytest
 from fedbarrier.config import load_config, to_toml
 from fedbarrier.errors import UserError
 from fedbarrier.fl.simulation import resume_experiment, run_experiment
+from fedbarrier.runtime.rundir import RunDir
 from strategies.feddc import DAISY, feddc_step
 from tests.conftest import TINY, kill_processes_matching
 
@@ -128,7 +129,12 @@ def test_resume_refuses_a_different_config_and_finished_runs(uninterrupted):
     assert (run / "metrics.jsonl").read_text() == before
 
 
-def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path, sig, code,
+                                                                          uninterrupted):
+    """Sent to the whole process group, as a terminal's Ctrl-C or SLURM's SIGTERM is: Ray's
+    processes get it too. One line says what happens and one how to resume; no traceback."""
     cfg = load_config(None, RESUMABLE)
     run = tmp_path / "run"
     proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE, quiet=False,
@@ -150,22 +156,35 @@ def test_ctrl_c_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path
     while not round_1.wait(0.05) and proc.poll() is None and time.monotonic() < deadline:
         pass
     finished = proc.poll() is not None or any(re.match(r"round\s+4/4", line) for line in lines)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     reader.join(timeout=30)
     stderr = "".join(lines)
     assert round_1.is_set() and not finished, f"the signal did not land mid-run:\n{stderr[-3000:]}"
-    assert proc.returncode == 130, stderr[-3000:]
-    assert f"resume with: fedbarrier run --resume {run}" in stderr
+    assert proc.returncode == code, stderr[-3000:]
+    # After round 1's line (and round 2's, if it was recorded before the signal landed):
+    said = [line.rstrip("\n") for line in lines[next(i for i, line in enumerate(lines)
+                                                      if re.match(r"round\s+1/", line)) + 1:]
+            if line.strip() and not re.match(r"round\s+\d+/", line)]
+    assert said == [
+        f"{sig.name}: stopping; the round in progress is dropped "
+        f"({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'} again to stop at once)",
+        f"interrupted by {sig.name}; resume with: fedbarrier run --resume {run}"], stderr[-3000:]
     deadline = time.monotonic() + 10  # Ray's helpers exit as their raylet goes
     while (leftover := subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True,
                                       text=True)).stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.2)
     kill_processes_matching(str(private_tmp))
     shutil.rmtree(private_tmp, ignore_errors=True)
-    assert leftover.stdout.strip() == "", "Ray processes survived Ctrl-C"
+    assert leftover.stdout.strip() == "", f"Ray processes survived {sig.name}"
+    rounds = [r["round"] for r in records(run / "metrics.jsonl")]
+    assert rounds == list(range(len(rounds))) and RunDir(run).last_complete_round() == rounds[-1]
+    if sig == signal.SIGINT:  # resuming is the same after either (and after kill -9, above)
+        return
     resume_experiment(run, progress=False)
-    assert [r["round"] for r in records(run / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    reference = uninterrupted("fedper")
+    assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
+    assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
 
 
 @pytest.fixture

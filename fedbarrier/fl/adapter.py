@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -48,6 +49,7 @@ from fedbarrier.fl.protocol import (
     AverageSchedule,
 )
 from fedbarrier.fl.round import LocalPlan, Reply, RoundHook, RoundPipeline
+from fedbarrier.runtime.stopping import raise_if_stop_requested
 from fedbarrier.seeds import sampling_seed
 
 StateDict = dict[str, torch.Tensor]
@@ -72,6 +74,35 @@ class OrderedGrid:
         """The partition (client) id of a node (None if unknown): strategies that keep
         per-client state across a resume (node ids are new then) look clients up here."""
         return self._partition_of.get(node_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class StoppableGrid:
+    """A grid whose ``send_and_receive`` gives up its wait for replies when the run is asked to
+    stop (:mod:`fedbarrier.runtime.stopping`), raising ``RunInterrupted``: the round in progress
+    is dropped before anything of it is recorded. Otherwise Flower's own loop: push, then pull
+    every ``pull_interval`` seconds until all replies are in or ``timeout`` passes."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
+                         ) -> Iterable[Message]:
+        raise_if_stop_requested()
+        waiting = set(self._grid.push_messages(messages))
+        end = time.monotonic() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.monotonic() < end:
+            got = list(self._grid.pull_messages(waiting))
+            replies.extend(got)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not waiting:
+                break
+            raise_if_stop_requested()
+            time.sleep(getattr(self._grid, "pull_interval", 0.1))
+        return replies
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)

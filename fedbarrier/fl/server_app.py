@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedbarrier.config import SERVER_SPLITS, Config
 from fedbarrier.data.federation import federation, server_sample
-from fedbarrier.fl.adapter import Instrumented
+from fedbarrier.fl.adapter import Instrumented, StoppableGrid
 from fedbarrier.fl.client_measure import local_splits
 from fedbarrier.fl.protocol import (
     CLIENT_RECORD,
@@ -30,6 +30,7 @@ from fedbarrier.measure.hook import BarrierHook
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
+from fedbarrier.runtime.stopping import raise_if_stop_requested
 from strategies import build_strategy
 
 
@@ -39,6 +40,7 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0) ->
     while len(nodes := list(grid.get_node_ids())) < num_clients:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(nodes)} of {num_clients} clients connected")
+        raise_if_stop_requested()
         time.sleep(0.2)
     messages = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
                 for n in nodes]
@@ -96,6 +98,7 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         # Flower's in-memory grid (simulation) sleeps 0.1 s between polls for replies: up to
         # 0.1 s lost per phase, two phases a round. Polling an in-process queue is cheap.
         grid.pull_interval = 0.005  # type: ignore[attr-defined]
+    grid = StoppableGrid(grid)  # type: ignore[assignment]  # Ctrl-C / SIGTERM drop the round
     fed = federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.train.device)
     model = initial_model(cfg, fed)

@@ -26,6 +26,7 @@ from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_mon
 from fedbarrier.runtime.process_tuning import frozen_heap
 from fedbarrier.runtime.rundir import RunDir, environment_info
 from fedbarrier.runtime.scratch import make_scratch
+from fedbarrier.runtime.stopping import graceful_stop, raise_if_stop_requested
 
 T = TypeVar("T")
 
@@ -142,6 +143,12 @@ def _flower_logs(level: int) -> Iterator[None]:
     finally:
         logger.setLevel(old)
         logger.removeFilter(drop)
+
+
+def _silence_flower() -> None:
+    """A run stopping on a signal: what Flower then reports (clients that die with the job, as
+    when SIGTERM reaches every process; replies that come too late) is its fallout, not news."""
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)
 
 
 def off_main_thread(fn: Callable[[], T]) -> T:
@@ -298,7 +305,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     try:
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
-                warnings.catch_warnings(), frozen_heap(), fast_dispatch():
+                warnings.catch_warnings(), frozen_heap(), fast_dispatch(), \
+                graceful_stop(on_request=_silence_flower):
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
             # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
@@ -311,6 +319,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
                 backend_config=backend_config(cfg, Path(scratch.name)),  # type: ignore[arg-type]
                 verbose_logging=verbose,
             )
+            raise_if_stop_requested()  # asked during the last round: the run is whole, yet stopped
     finally:
         _stop_ray_and_clean_up(ray, scratch)
     if cfg.output.plots:
