@@ -251,8 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         code = int(args.func(args))
-    except (UserError, RunAborted) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except RunAborted as exc:  # what was recorded is whole: say how to go on
+        hint = (f"; once that is fixed, resume with: fedbarrier run --resume {_run_dir_of(args)}"
+                if args.command == "run" else "")
+        print(f"error: {exc}{hint}", file=sys.stderr)
         code = exc.exit_code
     except RunInterrupted as exc:  # stopped between rounds' records: whole, resumable
         hint = (f"; resume with: fedbarrier run --resume {_run_dir_of(args)}"

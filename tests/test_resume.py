@@ -276,3 +276,41 @@ def test_a_ctrl_c_while_the_executable_exits_never_exits_0(tmp_path, when, retur
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout == "done\n"
     assert done.returncode == returncode, done.stderr[-2000:]
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{where}'"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_full_disk_stops_with_one_line_and_the_moved_folder_resumes(tmp_path, uninterrupted):
+    """The run folder on a 2.6 MB tmpfs (its own mount namespace): a write fails in round 2
+    (a client's state, here), the run stops with the path and the cause, and the folder, moved
+    to a disk with room, resumes to the uninterrupted run's numbers."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if not _can_mount_tmpfs(small):
+        pytest.skip("needs unshare and mount (root or user namespaces)")
+    config = tmp_path / "exp.toml"
+    config.write_text(to_toml(load_config(None, RESUMABLE)))
+    moved = tmp_path / "moved"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the namespace's own Ray
+    env["PYTHONPATH"] = str(ROOT)
+    script = ('mount -t tmpfs -o size=2600k tmpfs "$1" && "$2" -m fedbarrier run "$3" --out "$1/run"'
+              ' --quiet; code=$?; cp -a "$1/run" "$4"; exit $code')
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(small), sys.executable,
+                           str(config), str(moved)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    [line] = done.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: cannot write {small}/run/\S+: No space left on device.*; once "
+                        rf"that is fixed, resume with: fedbarrier run --resume {small}/run", line)
+    recorded = len(records(moved / "metrics.jsonl")) - 1
+    assert 1 <= recorded < 4, line  # stopped mid-run, after round 1
+    resume_experiment(moved, progress=False)
+    reference = uninterrupted("fedper")
+    assert records(moved / "metrics.jsonl") == records(reference / "metrics.jsonl")
+    assert records(moved / "barriers.jsonl") == records(reference / "barriers.jsonl")

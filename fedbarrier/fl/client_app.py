@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import nn
 
 from fedbarrier.config import Config, ModelConfig, load_config
 from fedbarrier.data.federation import federation, use_shared_data
 from fedbarrier.fl.client_measure import adopted_keys, adoption, local_report, local_splits
-from fedbarrier.fl.client_store import ClientStore
+from fedbarrier.fl.client_store import ClientStore, StorageFault
 from fedbarrier.fl.protocol import (
     ADOPT_BY_BARRIER,
     ADOPTED_LAYERS,
@@ -48,6 +49,7 @@ from fedbarrier.learn.local import evaluate, local_update, resolve_device
 from fedbarrier.learn.models import build_model
 from fedbarrier.runtime.build import initial_state
 from fedbarrier.runtime.process_tuning import freeze_heap_once, keep_freed_memory
+from fedbarrier.runtime.rundir import CLIENTS_DIR
 
 # What a client keeps in its own store (fedbarrier.fl.client_store), between rounds:
 MODEL_STATE = "model"  # the client's own model (when layers stay personal)
@@ -218,7 +220,6 @@ def out_from_context(context: Context) -> Path:
     return Path(str(context.run_config.get("out", "runs/flwr-run")))
 
 
-CLIENTS_DIR = "clients"  # the clients' own state folders inside a run directory
 
 
 def make_client_app(cfg: Config | None = None, store_root: Path | None = None,
@@ -241,7 +242,11 @@ def make_client_app(cfg: Config | None = None, store_root: Path | None = None,
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        reply = client_train(msg, context, *resolve(context))
+        try:
+            reply = client_train(msg, context, *resolve(context))
+        except StorageFault as fault:  # a reply, not an exception: Flower would log a traceback
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(fault)),
+                           reply_to=msg)
         freeze_heap_once()  # everything is imported now (torch.optim imports torch._dynamo)
         return reply
 

@@ -11,13 +11,20 @@ memory (1,000 clients with personal layers fit on one machine).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
-_ROUND = re.compile(r"round-(\d{4,})\.pt$")
+from fedbarrier.errors import RunAborted
+from fedbarrier.fl.protocol import STORAGE_FAULT
+from fedbarrier.runtime.rundir import save_torch, state_rounds
+
 KEEP = 2  # rounds of state kept per client: the newest and the one a resume may need
+
+
+class StorageFault(Exception):
+    """A client's state could not be written (a full disk): its message starts with the
+    protocol's ``STORAGE_FAULT``; the ClientApp replies with it as an error message."""
 
 
 class ClientStore:
@@ -27,9 +34,7 @@ class ClientStore:
         self.folder = Path(root) / f"client-{client}"
 
     def _rounds(self) -> list[int]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _ROUND.match(p.name)))
+        return state_rounds(self.folder)
 
     def load_before(self, server_round: int) -> dict[str, dict[str, torch.Tensor]] | None:
         """The newest saved state of a round < ``server_round`` (None if there is none)."""
@@ -46,11 +51,11 @@ class ClientStore:
     def save(self, server_round: int, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write this round's state atomically and drop states older than the last ``KEEP``."""
         path = self.folder / f"round-{server_round:04d}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({name: {k: v.detach().cpu() for k, v in part.items()}
-                    for name, part in state.items()}, tmp)
-        tmp.replace(path)
+        try:
+            save_torch(path, {name: {k: v.detach().cpu() for k, v in part.items()}
+                              for name, part in state.items()})
+        except RunAborted as exc:  # the server must stop the run, not leave this client out
+            raise StorageFault(f"{STORAGE_FAULT}: {exc}") from exc
         for old in self._rounds()[:-KEEP]:
             (self.folder / f"round-{old:04d}.pt").unlink(missing_ok=True)
 

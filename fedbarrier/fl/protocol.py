@@ -27,6 +27,9 @@ Client -> server (replies)
                        averaged layers it adopted)
     ``LOCAL_RECORD``   ConfigRecord (evaluate, with ``LOCAL_BARRIERS``): per local split, its local
                        barriers as a JSON text, or why they were skipped; no data leaves a client
+    Errors             a failing client replies with Flower's Error message; one whose text
+                       starts with ``STORAGE_FAULT`` could not write its own state (a full disk):
+                       the server stops the run instead of leaving the client out of the round
 
 Strategy extensions
     A strategy is any Flower Message-API ``Strategy``. It may also implement the small protocols
@@ -62,6 +65,9 @@ TRAIN_LOSS = "train_loss"
 DIVERGED = "diverged"
 LOCAL_TEST_LOSS = "local_test_loss"
 LOCAL_TEST_ACCURACY = "local_test_accuracy"
+
+# -- client errors ------------------------------------------------------------------------------
+STORAGE_FAULT = "storage fault"  # "storage fault: cannot write PATH: CAUSE"
 
 # -- client record keys ---------------------------------------------------------------------------
 PARTITION_ID = "partition-id"  # also the node_config key the simulation engine sets

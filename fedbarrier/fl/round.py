@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fedbarrier.errors import RunAborted
-from fedbarrier.fl.protocol import DIVERGED, NUM_EXAMPLES
+from fedbarrier.fl.protocol import DIVERGED, NUM_EXAMPLES, STORAGE_FAULT
 from fedbarrier.measure.barriers import average_states
 from fedbarrier.measure.hook import ClientModels
 
@@ -219,6 +219,10 @@ class RoundPipeline:
         ones, in order. Raises RunAborted below ``min_clients``."""
         usable: list[int] = []
         record = self.record
+        for reply in replies:  # a client that cannot write its state: the run cannot go on
+            if reply.error is not None and STORAGE_FAULT in reply.error:
+                raise RunAborted(reply.error[reply.error.index(STORAGE_FAULT) + len(STORAGE_FAULT):]
+                                 .lstrip(": ") + f" (client {reply.client}, round {record.round})")
         for i, reply in enumerate(replies):
             reason = check_reply(reply, self._expected)
             if reason is None:

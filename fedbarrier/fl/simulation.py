@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from fedbarrier.errors import UserError
 from fedbarrier.fl.protocol import ModelCheck
 from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
 from fedbarrier.runtime.process_tuning import frozen_heap
-from fedbarrier.runtime.rundir import RunDir, environment_info
+from fedbarrier.runtime.rundir import CLIENTS_DIR, RunDir, environment_info
 from fedbarrier.runtime.scratch import make_scratch
 from fedbarrier.runtime.stopping import graceful_stop, raise_if_stop_requested
 
@@ -215,15 +216,15 @@ def resume_experiment(path: str | Path, check: Config | None = None, *, progress
         differs = [key for key in mine if mine[key] != theirs.get(key)]
         raise UserError(f"{str(run_dir.path)!r} was started with a different config (differs in "
                         f"{', '.join(differs)}); resume without a config or start a new run")
-    done = run_dir.last_complete_round()
+    done, why = run_dir.resume_point()
     if done >= cfg.train.rounds:
         print(f"{run_dir.path} is complete ({cfg.train.rounds} rounds); nothing to resume")
         return run_dir
-    if done < 0:
-        raise UserError(f"{str(run_dir.path)!r} has no completed round to resume from; start it "
-                        "again with --force")
     off_main_thread(lambda: preflight(cfg))
-    run_dir.truncate_after(done)
+    # From round 0 (only the initial evaluation recorded, or nothing to trust after it): the
+    # run starts again, its round-0 record included, so that it is recorded once.
+    done = max(done, 0)
+    run_dir.truncate_after(done if done > 0 else -1)
     # Each attempt's versions and machine, so a run resumed elsewhere says so (its numbers
     # equal an uninterrupted run's only where torch and the device are the same).
     try:
@@ -232,7 +233,10 @@ def resume_experiment(path: str | Path, check: Config | None = None, *, progress
         info = {}
     resumed = {"after_round": done, **off_main_thread(lambda: run_environment(cfg))}
     run_dir.write_json("run.json", {**info, "resumes": [*info.get("resumes", []), resumed]})
-    if progress:
+    if why is not None:  # whatever the progress setting: the user should know
+        print(f"resuming {run_dir.path} after round {done}, not later: {why}", file=sys.stderr,
+              flush=True)
+    elif progress:
         print(f"resuming {run_dir.path} after round {done}", flush=True)
     _simulate(cfg, run_dir, done, progress=progress, verbose=verbose, client_app=client_app)
     return run_dir
@@ -297,7 +301,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     import ray
     from flwr.simulation import run_simulation
 
-    from fedbarrier.fl.client_app import CLIENTS_DIR, make_client_app
+    from fedbarrier.fl.client_app import make_client_app
     from fedbarrier.fl.server_app import make_server_app
 
     # The run's scratch folder: Ray's session files and the dataset shared with the workers.

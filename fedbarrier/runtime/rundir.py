@@ -8,6 +8,8 @@ Layout::
       partition.json     per-client sample and class counts
       metrics.jsonl      one JSON object per round
       barriers.jsonl     one JSON object per barrier measurement (round x split)
+      state/global-NNNN.pt, strategy-NNNN.*           the server's state of the last two rounds
+      clients/client-K/round-NNNN.pt                  a client's own state of its last two rounds
       checkpoints/round-NNNN/client-K.pt, global.pt   (when output.save_client_models)
       plots/*.png
 
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -33,11 +36,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedbarrier.errors import UserError
+from fedbarrier.errors import RunAborted, UserError
 
 METRICS_FILE = "metrics.jsonl"
 BARRIERS_FILE = "barriers.jsonl"
 RUN_MARKERS = ("config.toml", METRICS_FILE, "summary.md")  # what --force may replace
+CLIENTS_DIR = "clients"  # the clients' own state folders (client-K/round-NNNN.pt)
+ROUND_FILE = re.compile(r"round-(\d{4,})\.pt$")  # a client's state of one round
+
+
+def state_rounds(folder: Path) -> list[int]:
+    """The rounds of the ``round-NNNN.pt`` state files in ``folder``, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := ROUND_FILE.match(p.name)))
 
 
 def json_ready(value: Any) -> Any:
@@ -51,45 +63,85 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary sibling, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def cannot_write(path: Path, exc: OSError) -> RunAborted:
+    """The one-line error for a write that failed mid-run (a full disk, a folder that went
+    read-only): the path and the cause; the run can be resumed once that is fixed."""
+    return RunAborted(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_atomic(path: Path, data: bytes | memoryview | str) -> None:
+    """Write to a temporary sibling, fsync, then rename over ``path`` (on failure ``path`` is
+    as it was and :func:`cannot_write`'s error is raised)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise cannot_write(path, exc) from exc
 
 
 def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one complete line in a single write; fsync so a crash keeps whole lines only."""
+    """Append one complete line in a single write; fsync so a crash keeps whole lines only.
+
+    A write that fails (a full disk) is undone: the file is cut back to its size before it.
+    """
     line = json.dumps(json_ready(record), allow_nan=False, separators=(",", ":")) + "\n"
-    with open(path, "ab") as fh:
-        fh.write(line.encode())
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab") as fh:
+            size = fh.tell()
+            try:
+                fh.write(line.encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:
+                fh.truncate(size)  # shrinking needs no space
+                raise
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """All complete lines of a JSON-lines file (a torn last line, if any, is ignored)."""
+    return read_jsonl_checked(path)[0]
+
+
+def read_jsonl_checked(path: Path) -> tuple[list[dict[str, Any]], bytes | None]:
+    """The records up to the first damaged line (a torn or cut line, bytes that are not UTF-8
+    text or not a JSON object), and that line (None when there is none)."""
     if not path.exists():
-        return []
+        return [], None
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+            record = json.loads(line.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return out, line
+        if not isinstance(record, dict):
+            return out, line
+        out.append(record)
+    return out, None
+
+
+_ROUND_PREFIX = re.compile(rb'^\{"round":(\d+)[,}]')  # how every record of a run starts
 
 
 def save_state_dict(path: Path, state: Mapping[str, torch.Tensor]) -> None:
-    """torch.save through a temporary file, so a checkpoint is either complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    """torch.save through :func:`write_atomic`: a checkpoint is either complete or absent, and a
+    full disk gives :func:`cannot_write`'s one line (torch.save writing to a file reports it as
+    "unexpected pos 704 vs 598")."""
+    save_torch(path, {k: v.detach().cpu() for k, v in state.items()})
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`write_atomic`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def _holds_tensors(value: Any) -> bool:
@@ -223,9 +275,7 @@ class RunDir:
         as_torch = self.state_path(server_round, "strategy")
         as_json = as_torch.with_suffix(".json")
         if strategy_state is not None and _holds_tensors(strategy_state):
-            buffer = io.BytesIO()
-            torch.save(_loadable(strategy_state, "state_dict()"), buffer)
-            write_atomic(as_torch, buffer.getvalue())
+            save_torch(as_torch, _loadable(strategy_state, "state_dict()"))
             as_json.unlink(missing_ok=True)  # an earlier attempt's, of the other kind
         elif strategy_state is not None:
             write_atomic(as_json, json.dumps(json_ready(strategy_state)))
@@ -245,13 +295,76 @@ class RunDir:
         return global_state, json.loads(as_json.read_text()) if as_json.exists() else None
 
     def last_complete_round(self) -> int:
-        """The last round with both a metrics record and the server state to resume from."""
-        done = [m["round"] for m in self.metrics() if isinstance(m.get("round"), int)]
-        done = [r for r in done if r == 0 or self.state_path(r, "global").exists()]
-        return max(done) if done else -1
+        """The last round to resume from (see :meth:`resume_point`); -1 when there is none."""
+        return self.resume_point()[0]
+
+    def resume_point(self) -> tuple[int, str | None]:
+        """The last round on which the records, the server state and the clients' state agree,
+        and why it is earlier than the last recorded round (None when it is not).
+
+        A round r qualifies when ``metrics.jsonl`` holds whole records of rounds 0..r in order;
+        the server's state of r loads (r > 0); ``barriers.jsonl`` is whole up to r (its records
+        of a round are written before that round's metrics record, so a damaged line there may
+        belong to any round from the last whole record's on); and every client that trained in
+        rounds 1..r still has a state file of a round <= r, where clients keep state at all
+        (they keep their last two rounds, so records cut short after the run went on can leave
+        them without the state of r). Round 0 always qualifies: resuming there runs the run
+        again from its start. -1: nothing was recorded.
+        """
+        records, damaged = read_jsonl_checked(self.metrics_path)
+        metrics_damaged = damaged is not None
+        rounds: list[int] = []
+        for record in records:  # the whole prefix 0, 1, 2, ...
+            if record.get("round") != len(rounds):
+                metrics_damaged = True
+                break
+            rounds.append(len(rounds))
+        if not rounds:
+            return -1, None
+        last = rounds[-1]
+        why = [f"{METRICS_FILE} is damaged after round {last}"] if metrics_damaged else []
+        barrier_records, damaged = read_jsonl_checked(self.barriers_path)
+        if damaged is not None:
+            # The damaged line's round, where its start survived; else it may belong to the
+            # round of the last whole record (a round has several) or any later one.
+            whole = [b.get("round") for b in barrier_records if isinstance(b.get("round"), int)]
+            said = _ROUND_PREFIX.match(damaged)
+            first_doubtful = int(said.group(1)) if said else max(whole, default=1)
+            if first_doubtful <= last:
+                last = first_doubtful - 1
+                why.append(f"{BARRIERS_FILE} is damaged from round {first_doubtful} on")
+        trained: dict[int, int] = {}  # client -> its first training round
+        for record in records[1:last + 1]:
+            for client in record.get("clients", []):
+                trained.setdefault(int(client), int(record["round"]))
+        client_rounds = {int(folder.name.split("-")[1]): state_rounds(folder)
+                         for folder in (self.path / CLIENTS_DIR).glob("client-*")
+                         if folder.name.split("-")[1].isdigit()}
+        keeps_state = any(client_rounds.values())
+        for r in range(last, 0, -1):
+            if not self._server_state_loads(r):
+                why.append(f"the server's state of round {r} is missing or damaged")
+                continue
+            lost = [c for c, first in sorted(trained.items()) if keeps_state and first <= r
+                    and not any(x <= r for x in client_rounds.get(c, []))]
+            if lost:
+                why.append(f"client {lost[0]}'s state of round {r} or earlier is gone "
+                           f"(it holds rounds {client_rounds.get(lost[0], [])})")
+                continue
+            return r, "; ".join(why) or None
+        return 0, "; ".join(why) or None
+
+    def _server_state_loads(self, server_round: int) -> bool:
+        try:
+            self.load_server_state(server_round)
+        except Exception:  # missing, cut short or not a torch file: not a state to resume from
+            return False
+        return True
 
     def truncate_after(self, server_round: int) -> None:
-        """Drop every record and checkpoint of rounds after ``server_round`` (and torn lines)."""
+        """Drop every record, checkpoint and state (server and clients) of rounds after
+        ``server_round``, and damaged lines: a resumed run must not meet a later round's files
+        (clients read their newest earlier state and keep their two newest rounds)."""
         for path in (self.metrics_path, self.barriers_path):
             keep = [r for r in read_jsonl(path) if r.get("round", 0) <= server_round]
             write_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep))
@@ -262,6 +375,14 @@ class RunDir:
                     for f in folder.iterdir():
                         f.unlink()
                     folder.rmdir()
+        for old in (self.path / "state").glob("*-*.*"):
+            number = old.stem.rsplit("-", 1)[-1]
+            if number.isdigit() and int(number) > server_round:
+                old.unlink()
+        for folder in (self.path / CLIENTS_DIR).glob("client-*"):
+            for r in state_rounds(folder):
+                if r > server_round:
+                    (folder / f"round-{r:04d}.pt").unlink()
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
