@@ -1,6 +1,6 @@
 """The ``fedbarrier`` command line.
 
-    fedbarrier run CONFIG [--set section.key=value ...] [--out RUN_DIR] [--force]
+    fedbarrier run CONFIG [--set section.key=value ...] [--out RUN_DIR] [--force] [--dry-run]
     fedbarrier partitions CONFIG [--set ...] [--out DIR]
     fedbarrier plot RUN_DIR
     fedbarrier barriers MODEL_A.pt MODEL_B.pt [more.pt] --config CONFIG [--json]
@@ -49,6 +49,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.config:
             raise UserError("fedbarrier run needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            from fedbarrier.fl.simulation import off_main_thread, preflight
+
+            off_main_thread(lambda: preflight(cfg))
+            print(f"config {args.config} is valid: data, partition, model and strategy build; "
+                  "nothing written")
+            return 0
         out = Path(args.out) if args.out else Path("runs") / (cfg.name or "run")
         run_dir = run_experiment(cfg, out, force=args.force, progress=not args.quiet,
                                  verbose=args.verbose)
@@ -145,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config (data, partition, model, strategy, device) and exit; "
+                        "writes nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("partitions", help="print per-client sample/class counts, save a chart")

@@ -60,22 +60,23 @@ class DataConfig:
                        "or $FEDBARRIER_DATA)")
     download: bool = _f(True, "download when the files are absent (needs internet)")
     partition: str = _f("iid", "how the training set is split over clients", choices=PARTITIONS)
-    num_clients: int = _f(10, "number of clients (simulated SuperNodes)", min=1)
+    num_clients: int = _f(10, "number of clients (simulated SuperNodes)", min=1, max=1_000_000)
     alpha: float = _f(0.1, "Dirichlet concentration (partition = dirichlet); small = non-iid", gt=0)
-    classes_per_client: int = _f(2, "classes per client (partition = pathological)", min=1)
+    classes_per_client: int = _f(2, "classes per client (partition = pathological)", min=1, max=100_000)
     min_partition_size: int = _f(10, "Dirichlet resamples until every client has this many "
-                                 "examples, or fails", min=0)
+                                 "examples, or fails", min=0, max=10_000_000)
     test_fraction: float = _f(0.2, "fraction of each client's partition held out as its local "
                               "test part", min=0.0, lt=1.0)
     train_size: int = _f(0, "use a seeded subset of this many training images (0 = all): "
                          "partitions, local test parts and the server's train split draw from it",
-                         min=0)
-    test_size: int = _f(0, "use a seeded subset of this many global test images (0 = all)", min=0)
+                         min=0, max=100_000_000)
+    test_size: int = _f(0, "use a seeded subset of this many global test images (0 = all)",
+                        min=0, max=100_000_000)
     # Only for dataset = "synthetic": generated, learnable images.
-    synthetic_classes: int = _f(10, "synthetic: number of classes", min=2)
-    synthetic_shape: tuple[int, ...] = _f((3, 32, 32), "synthetic: image shape [C, H, W]", items=3)
-    synthetic_train_size: int = _f(2000, "synthetic: training examples", min=1)
-    synthetic_test_size: int = _f(500, "synthetic: global test examples", min=1)
+    synthetic_classes: int = _f(10, "synthetic: number of classes", min=2, max=100_000)
+    synthetic_shape: tuple[int, ...] = _f((3, 32, 32), "synthetic: image shape [C, H, W]", items=3, max=4096)
+    synthetic_train_size: int = _f(2000, "synthetic: training examples", min=1, max=10_000_000)
+    synthetic_test_size: int = _f(500, "synthetic: global test examples", min=1, max=10_000_000)
     synthetic_noise: float = _f(1.0, "synthetic: noise around each class mean", min=0.0)
 
 
@@ -83,20 +84,20 @@ class DataConfig:
 class ModelConfig:
     name: str = _f("cnn", "architecture", choices=MODELS)
     width: int = _f(0, "base channels (cnn, resnet18, vgg11) or hidden units (mlp); "
-                    "0 = the model's default", min=0)
+                    "0 = the model's default", min=0, max=65_536)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rounds: int = _f(5, "federated rounds (aggregations)", min=1)
+    rounds: int = _f(5, "federated rounds (aggregations)", min=1, max=1_000_000)
     client_init: str = _f("common", "layers a client has never received start from the common "
                           "initialization or from the client's 'own' seed", choices=("common", "own"))
     keep_optimizer_state: bool = _f(False, "carry each client's SGD momentum across rounds "
                                     "(centralized-equivalent training); FL usually resets it")
-    local_epochs: int = _f(1, "local epochs per round", min=1)
+    local_epochs: int = _f(1, "local epochs per round", min=1, max=100_000)
     local_steps: int = _f(0, "local SGD steps per round instead of epochs (0 = use local_epochs); "
-                          "strategy 'minibatch-sgd' always takes 1", min=0)
-    batch_size: int = _f(32, "local mini-batch size", min=1)
+                          "strategy 'minibatch-sgd' always takes 1", min=0, max=100_000_000)
+    batch_size: int = _f(32, "local mini-batch size", min=1, max=10_000_000)
     lr: float = _f(0.05, "SGD learning rate", gt=0)
     momentum: float = _f(0.9, "SGD momentum", min=0.0, lt=1.0)
     weight_decay: float = _f(5e-4, "SGD weight decay", min=0.0)
@@ -107,7 +108,7 @@ class TrainConfig:
     device: str = _f("auto", "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     eval_batch_size: int = _f(0, "batch size for evaluation and barrier measurement (0 = auto: "
                               "~400k input values a batch, e.g. 128 CIFAR or 500 Fashion-MNIST "
-                              "images)", min=0)
+                              "images)", min=0, max=10_000_000)
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,11 @@ class StrategyConfig:
     name: str = _f("fedavg", "aggregation strategy")
     fraction_train: float = _f(1.0, "fraction of clients sampled for training each round",
                                gt=0.0, max=1.0)
-    clients_per_round: int = _f(0, "clients sampled per round (0 = use fraction_train)", min=0)
+    clients_per_round: int = _f(0, "clients sampled per round (0 = use fraction_train)", min=0, max=1_000_000)
     fraction_evaluate: float = _f(1.0, "fraction of clients evaluating on their local test part",
                                   min=0.0, max=1.0)
     min_clients: int = _f(1, "stop the run when fewer usable client models come back in a round "
-                          "(failed, diverged or malformed ones are excluded)", min=1)
+                          "(failed, diverged or malformed ones are excluded)", min=1, max=1_000_000)
     layers: tuple[str, ...] = _f((), "shared layers for name = 'layers' (names or regexes)")
     barrier_rule: str = _f("local", "barrier-aware: 'local' = each client adopts the averaged "
                            "layers that do not significantly hurt it on its own training data "
@@ -138,13 +139,13 @@ class StrategyConfig:
                                 choices=("mean", "max"))
     # Schemes of Kamp et al. (FedDC, dynamic averaging, Radon machine); see strategies/.
     daisy_period: int = _f(1, "feddc: pass each client's model on to another client every this "
-                           "many rounds (0 = never: periodic averaging)", min=0)
+                           "many rounds (0 = never: periodic averaging)", min=0, max=1_000_000)
     aggregation_period: int = _f(10, "feddc, periodic: average all models every this many rounds",
-                                 min=1)
+                                 min=1, max=1_000_000)
     delta: float = _f(1.0, "dynamic: synchronize when a client's squared distance to the last "
                       "synchronized model exceeds this", min=0.0)
     radon_height: int = _f(1, "radon: levels h of the Radon machine (needs r^h clients, r >= "
-                           "number of model parameters + 2)", min=1)
+                           "number of model parameters + 2)", min=1, max=20)
 
 
 @dataclass(frozen=True)
@@ -161,25 +162,25 @@ class SimulationConfig:
 @dataclass(frozen=True)
 class BarrierConfig:
     enabled: bool = _f(True, "measure barriers before each aggregation")
-    every: int = _f(1, "measure every N rounds (and always in the last round)", min=1)
+    every: int = _f(1, "measure every N rounds (and always in the last round)", min=1, max=1_000_000)
     # Barriers are differences of losses on one shared sample, so its noise largely cancels;
     # with 300, a 10-client quickstart measurement takes ~0.06 s per split (docs/performance.md).
-    n: int = _f(300, "examples in the fixed data sample per split (0 = all)", min=0)
+    n: int = _f(300, "examples in the fixed data sample per split (0 = all)", min=0, max=100_000_000)
     splits: tuple[str, ...] = _f(SPLITS, "data the barriers are measured on: the server's "
                                  "'train'/'test' samples, and each client's own 'local-train' "
                                  "/'local-test' parts (measured by the clients)", choices=SPLITS)
     local_n: int = _f(512, "examples each client measures local barriers on, per local split "
-                      "(a seeded sample; 0 = all)", min=0)
+                      "(a seeded sample; 0 = all)", min=0, max=100_000_000)
     z: float = _f(2.0, "a barrier is significantly positive when value > z * se", min=0.0)
     families: tuple[str, ...] = _f(FAMILIES, "which barriers to measure", choices=FAMILIES)
     # Layer-set barriers cost (default clients) x (layers) model evaluations per round; with
     # many sampled clients a cap (e.g. 4) keeps a round's measurement O(layers), at the price of
     # a mean over a random subset instead of the exact p-weighted mean over every client.
     max_defaults: int = _f(0, "default clients for layer-set barriers, drawn per round from the "
-                              "participants (0 = every client)", min=0)
-    curve_points: int = _f(11, "alphas on the pairwise interpolation grid", min=2)
-    window: int = _f(0, "moving-window size for an extra cumulative order (0 = off)", min=0)
-    random_orders: int = _f(0, "seeded random layer orders for cumulative barriers", min=0)
+                              "participants (0 = every client)", min=0, max=1_000_000)
+    curve_points: int = _f(11, "alphas on the pairwise interpolation grid", min=2, max=10_001)
+    window: int = _f(0, "moving-window size for an extra cumulative order (0 = off)", min=0, max=100_000)
+    random_orders: int = _f(0, "seeded random layer orders for cumulative barriers", min=0, max=10_000)
     share_activations: bool = _f(True, "reuse activations of models that share first layers")
     distances: bool = _f(True, "record layer distances")
     overlap: bool = _f(True, "measure while the clients evaluate (false: block before aggregating)")
@@ -194,7 +195,7 @@ class OutputConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = _f("", "experiment name (defaults to the config file's stem)")
-    seed: int = _f(0, "seed for partitions, initialization, data order and sampling", min=0)
+    seed: int = _f(0, "seed for partitions, initialization, data order and sampling", min=0, max=2**32 - 1)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -286,6 +287,14 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.strategy.clients_per_round > d.num_clients:
         raise UserError(f"strategy.clients_per_round = {cfg.strategy.clients_per_round} exceeds "
                         f"data.num_clients = {d.num_clients}")
+    per_round = cfg.strategy.clients_per_round or max(1, int(d.num_clients
+                                                            * cfg.strategy.fraction_train))
+    if cfg.strategy.min_clients > per_round:
+        raise UserError(f"strategy.min_clients = {cfg.strategy.min_clients} exceeds the "
+                        f"{per_round} clients that train each round (data.num_clients = "
+                        f"{d.num_clients}, strategy.fraction_train = {cfg.strategy.fraction_train}"
+                        f", clients_per_round = {cfg.strategy.clients_per_round}): every round "
+                        "would stop the run")
     if d.partition == "pathological" and d.dataset != "synthetic" and d.classes_per_client > 100:
         raise UserError(f"data.classes_per_client = {d.classes_per_client} exceeds the classes "
                         "of any supported dataset")
@@ -352,12 +361,19 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UserError(f"config file {str(p)!r} is a folder; give an experiment TOML file")
         if not p.is_file():
             raise UserError(f"config file {str(p)!r} does not exist")
         try:
-            raw = tomllib.loads(p.read_text())
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}); "
+                            "TOML files are UTF-8") from None
+        except OSError as exc:
+            raise UserError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
         raw.setdefault("name", p.stem)
     return from_dict(raw, overrides)
 

@@ -49,6 +49,12 @@ def fedbarrier_here(capsys, *args: str) -> subprocess.CompletedProcess:
     (["--set", "barriers.z=-0.5"], "barriers.z = -0.5"),
     (["--set", "model.name=linear", "--set", "strategy.name=radon", "--set", "data.num_clients=4"],
      "d = 650 parameters"),  # 64 pixels x 10 classes + 10: r = 4 clients cannot do
+    (["--set", "strategy.min_clients=11"], "strategy.min_clients = 11 exceeds the 10 clients"),
+    (["--set", "strategy.fraction_train=0.5", "--set", "strategy.min_clients=6"],
+     "exceeds the 5 clients that train each round"),
+    (["--set", "train.device=cuda:7"], "train.device = 'cuda:7' but"),  # before the folder
+    (["--set", "data.synthetic_train_size=12345678901234567890"], "must be <= 10000000"),
+    (["--set", "seed=4294967296"], "seed = 4294967296 must be <= 4294967295"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, fragment):
     # In-process (a process start costs seconds each); the process-level behaviour, no
@@ -122,3 +128,35 @@ def test_keys_lists_every_section(capsys):
     assert result.returncode == 0
     for section in ("[data]", "[model]", "[train]", "[strategy]", "[barriers]", "[output]"):
         assert section in result.stdout
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[train]\nrounds = 2\n")
+    done = fedbarrier_here(capsys, "run", str(bad), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and done.stderr == f"error: config file {str(bad)!r} is not UTF-8 " \
+        "text (byte 0); TOML files are UTF-8\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_given_as_config_is_one_line(tmp_path, capsys):
+    done = fedbarrier_here(capsys, "run", str(tmp_path))
+    assert done.returncode == 2 and "is a folder" in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("out", ["file/run", "/proc/no-such/run"])
+def test_an_out_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, out):
+    (tmp_path / "file").write_text("a file, not a folder")
+    target = tmp_path / out if not out.startswith("/") else Path(out)
+    done = fedbarrier_here(capsys, "run", QUICKSTART, "--out", str(target))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: cannot create run directory {str(target)!r}: ")
+    assert done.stderr.count("\n") == 1 and (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_dry_run_checks_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = fedbarrier_here(capsys, "run", QUICKSTART, "--dry-run")
+    assert done.returncode == 0 and "is valid" in done.stdout and list(tmp_path.iterdir()) == []
+    done = fedbarrier_here(capsys, "run", QUICKSTART, "--dry-run", "--set", "data.alpha=0")
+    assert done.returncode == 2 and done.stderr.startswith("error: data.alpha = 0")

@@ -314,3 +314,21 @@ def test_a_full_disk_stops_with_one_line_and_the_moved_folder_resumes(tmp_path, 
     reference = uninterrupted("fedper")
     assert records(moved / "metrics.jsonl") == records(reference / "metrics.jsonl")
     assert records(moved / "barriers.jsonl") == records(reference / "barriers.jsonl")
+
+
+@pytest.mark.xdist_group("fedper")
+def test_a_damaged_record_resumes_where_everything_agrees_and_equals_the_uninterrupted_run(
+        tmp_path, uninterrupted, capsys):
+    """metrics.jsonl cut in the middle of round 3's line, as a copy cut short leaves it, while
+    the server's and the clients' state say round 4 is done (they keep their last two rounds):
+    no round after 0 has all three, so the run starts again, and stale later client state
+    must not feed it (it made a resumed client prune its fresh state)."""
+    reference = uninterrupted("fedper")
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    lines = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_bytes(b"".join(lines[:3]) + lines[3][:40])
+    resume_experiment(run, progress=False)
+    assert "resuming" in capsys.readouterr().err  # says it goes back, and why
+    assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
+    assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")

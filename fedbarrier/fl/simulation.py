@@ -50,8 +50,11 @@ def preflight(cfg: Config) -> None:
     input. A strategy that is a :class:`~fedbarrier.fl.protocol.ModelCheck` (e.g. the Radon machine,
     which needs more clients than the model has parameters) checks the model here, before anything
     is written."""
+    from fedbarrier.learn.local import resolve_device
     from fedbarrier.runtime.build import initial_state, model_layers
     from strategies import build_strategy
+
+    resolve_device(cfg.train.device)  # a CUDA device this machine has not: before anything is written
 
     with _flower_logs(logging.WARNING):
         strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))

@@ -25,7 +25,13 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device = {spec!r} but no CUDA device is available; use auto or cpu")
-    return torch.device(spec)
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise UserError(f"train.device = {spec!r} but this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s): cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 #: Input values per evaluation batch when ``train.eval_batch_size = 0``: 128 CIFAR images.

@@ -213,7 +213,14 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
-        p = Path(path)
+        try:
+            return cls._create(Path(path), force)
+        except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+            raise UserError(f"cannot create run directory {str(path)!r}: {exc.strerror or exc}"
+                            ) from None
+
+    @classmethod
+    def _create(cls, p: Path, force: bool) -> RunDir:
         if p.exists() and not p.is_dir():
             raise UserError(f"run directory {str(p)!r} exists and is not a directory")
         if p.exists() and any(p.iterdir()) and not force:
