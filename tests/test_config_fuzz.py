@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from pathlib import Path
 
 import pytest
 
 from fedbarrier import cli
-from fedbarrier.config import Config, to_toml, load_config
+from fedbarrier.config import Config, load_config, to_toml
 from tests.conftest import TINY
 
 # What users (and their scripts) type: types, bounds, NaN, infinities, huge, empty, unicode.
