@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def keys() -> list[str]:
     return out
 
 
-def cases(per_key: int = 8, seed: int = 0) -> list[str]:
+def cases(seed: int = 0) -> list[str]:
+    """``FEDBARRIER_FUZZ_PER_KEY`` values per key (default 4; all of them: 40)."""
+    per_key = min(len(VALUES), int(os.environ.get("FEDBARRIER_FUZZ_PER_KEY", "4")))
     rng = random.Random(seed)
     return [f"{key}={value}" for key in keys() for value in rng.sample(VALUES, per_key)]
 
