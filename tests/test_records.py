@@ -157,6 +157,14 @@ def test_a_client_without_the_state_it_needs_steps_back(tmp_path):
         in why
 
 
+def test_a_damaged_client_state_file_steps_back(tmp_path):
+    """The file client 0 would read next is cut short: it would fail (and be left out)."""
+    run = _run(tmp_path, client_files={0: [3, 4], 1: [3, 4]})
+    path = run.path / "clients" / "client-0" / "round-0004.pt"
+    path.write_bytes(path.read_bytes()[:20])
+    assert run.resume_point() == (3, "client 0's state of round 4 is damaged")
+
+
 def test_clients_that_keep_no_state_need_none(tmp_path):
     assert _run(tmp_path, client_files={}).resume_point() == (4, None)
 

@@ -332,3 +332,25 @@ def test_a_damaged_record_resumes_where_everything_agrees_and_equals_the_uninter
     assert "resuming" in capsys.readouterr().err  # says it goes back, and why
     assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
     assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
+
+
+@pytest.mark.parametrize("after", [1.0, 8.0], ids=["loading", "starting-ray"])
+def test_a_signal_during_start_up_exits_130_without_traceback(tmp_path, after):
+    """Before the first round: while Python imports and checks, or while Ray starts (the
+    run's graceful stop is already listening, the server not yet asking)."""
+    cfg = load_config(None, RESUMABLE)
+    run = tmp_path / "run"
+    proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbs-", subprocess.PIPE,
+                                      private_ray=True)
+    time.sleep(after)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    deadline = time.monotonic() + 10
+    while (leftover := subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True,
+                                      text=True)).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kill_processes_matching(str(private_tmp))
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
+    assert leftover.stdout.strip() == "", "Ray processes survived"

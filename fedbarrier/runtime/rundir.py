@@ -144,6 +144,16 @@ def save_torch(path: Path, obj: Any) -> None:
     write_atomic(path, buffer.getbuffer())
 
 
+def _loads(path: Path) -> bool:
+    """Whether ``path`` is a whole torch file (saved state is written whole or not at all; a
+    copy cut short or a damaged disk can still leave less)."""
+    try:
+        torch.load(path, weights_only=True)
+    except Exception:  # missing, cut short, not a torch file
+        return False
+    return True
+
+
 def _holds_tensors(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return True
@@ -358,10 +368,18 @@ class RunDir:
                 why.append(f"client {lost[0]}'s state of round {r} or earlier is gone "
                            f"(it holds rounds {client_rounds.get(lost[0], [])})")
                 continue
+            damaged = [c for c, held in sorted(client_rounds.items())
+                       if (read := [x for x in held if x <= r]) and not _loads(
+                           self.path / CLIENTS_DIR / f"client-{c}" / f"round-{read[-1]:04d}.pt")]
+            if damaged:  # the file the client would read next: cut short or not a torch file
+                why.append(f"client {damaged[0]}'s state of round "
+                           f"{max(x for x in client_rounds[damaged[0]] if x <= r)} is damaged")
+                continue
             return r, "; ".join(why) or None
         return 0, "; ".join(why) or None
 
     def _server_state_loads(self, server_round: int) -> bool:
+        """The global model and strategy state of ``server_round`` load."""
         try:
             self.load_server_state(server_round)
         except Exception:  # missing, cut short or not a torch file: not a state to resume from
