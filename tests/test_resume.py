@@ -354,3 +354,44 @@ def test_a_signal_during_start_up_exits_130_without_traceback(tmp_path, after):
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
     assert leftover.stdout.strip() == "", "Ray processes survived"
+
+
+@pytest.mark.parametrize("where", ["measuring", "writing"])
+def test_a_stop_asked_while_measuring_or_writing_drops_only_the_next_round(
+        tmp_path, monkeypatch, uninterrupted, where):
+    """The stop request lands (as a signal's handler would make it) while round 2's barriers are
+    measured, or right after round 1's record is written: the round in progress is dropped at
+    the server's next wait, whatever it had written, and the resumed run equals an
+    uninterrupted one."""
+    from fedbarrier.errors import RunInterrupted
+    from fedbarrier.fl.recorders import MetricsRecorder
+    from fedbarrier.measure.hook import BarrierHook
+    from fedbarrier.runtime import stopping
+
+    if where == "measuring":
+        measure = BarrierHook.measure
+
+        def measure_then_stop(self, models):
+            if models.server_round == 2:
+                stopping.request_stop(signal.SIGINT)
+            return measure(self, models)
+
+        monkeypatch.setattr(BarrierHook, "measure", measure_then_stop)
+    else:
+        record = MetricsRecorder.on_round_end
+
+        def record_then_stop(self, rec):
+            record(self, rec)
+            if rec.round == 1:
+                stopping.request_stop(signal.SIGTERM)
+
+        monkeypatch.setattr(MetricsRecorder, "on_round_end", record_then_stop)
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        run_experiment(load_config(None, RESUMABLE), run, progress=False)
+    assert [r["round"] for r in records(run / "metrics.jsonl")] == [0, 1]
+    monkeypatch.undo()
+    resume_experiment(run, progress=False)
+    reference = uninterrupted("fedper")
+    assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
+    assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")

@@ -88,7 +88,9 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
         _run_server(grid, cfg, run_dir, progress=progress, completed_rounds=completed_rounds,
                     compute=compute)
     finally:
-        compute.shutdown(wait=False, cancel_futures=True)
+        # Waits for a measurement in flight (a stopped or failed round's): it must not append
+        # to barriers.jsonl after the run has ended, e.g. while a resume in this process writes.
+        compute.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)  # also the default of threads started later
 
 
