@@ -139,6 +139,7 @@ class _DropKnownWarnings(logging.Filter):
 def _flower_logs(level: int) -> Iterator[None]:
     logger = logging.getLogger("flwr")
     old = logger.level
+    ray_level = logging.getLogger("ray").level
     drop = _DropKnownWarnings()
     logger.setLevel(level)
     logger.addFilter(drop)
@@ -147,12 +148,15 @@ def _flower_logs(level: int) -> Iterator[None]:
     finally:
         logger.setLevel(old)
         logger.removeFilter(drop)
+        logging.getLogger("ray").setLevel(ray_level)
 
 
-def _silence_flower() -> None:
-    """A run stopping on a signal: what Flower then reports (clients that die with the job, as
-    when SIGTERM reaches every process; replies that come too late) is its fallout, not news."""
-    logging.getLogger("flwr").setLevel(logging.CRITICAL)
+def _silence_engine() -> None:
+    """A run stopping on a signal: what Flower and Ray then report (clients that die with the
+    job, as when SIGTERM reaches every process; replies that come too late) is its fallout, not
+    news. :func:`_flower_logs` restores both loggers' levels."""
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def off_main_thread(fn: Callable[[], T]) -> T:
@@ -313,7 +317,7 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
                 warnings.catch_warnings(), frozen_heap(), fast_dispatch(), \
-                graceful_stop(on_request=_silence_flower):
+                graceful_stop(on_request=_silence_engine):
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
             # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
