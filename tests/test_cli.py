@@ -160,3 +160,16 @@ def test_dry_run_checks_and_writes_nothing(tmp_path, capsys, monkeypatch):
     assert done.returncode == 0 and "is valid" in done.stdout and list(tmp_path.iterdir()) == []
     done = fedbarrier_here(capsys, "run", QUICKSTART, "--dry-run", "--set", "data.alpha=0")
     assert done.returncode == 2 and done.stderr.startswith("error: data.alpha = 0")
+
+
+def test_a_flower_without_run_simulation_is_one_line_pointing_to_flwr_run(tmp_path, capsys,
+                                                                          monkeypatch):
+    """flwr 1.42 deprecates the entry point `fedbarrier run` uses; a release without it must not
+    end in an ImportError (or a hang): one line, exit 2, nothing written."""
+    import flwr.simulation
+
+    monkeypatch.delattr(flwr.simulation, "run_simulation")
+    done = fedbarrier_here(capsys, "run", QUICKSTART, "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "has no flwr.simulation.run_simulation" in done.stderr and "`flwr run .`" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -45,6 +45,27 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def flower_run_simulation() -> Callable[..., Any]:
+    """Flower's in-process simulation entry point, the one place fedbarrier calls it.
+
+    flwr 1.42 deprecates ``flwr.simulation.run_simulation`` in favour of ``flwr run``; both drive
+    the same ServerApp and ClientApp with identical numbers (tests/test_deployment.py). A Flower
+    release without it gets one line pointing to ``flwr run .`` instead of an ImportError.
+    """
+    try:
+        from flwr.simulation import run_simulation
+    except ImportError:
+        run_simulation = None
+    if not callable(run_simulation):  # gone, or only its module of the same name is left
+        import flwr
+
+        raise UserError(f"this Flower ({getattr(flwr, '__version__', '?')}) has no "
+                        "flwr.simulation.run_simulation, which `fedbarrier run` uses; run the "
+                        "same app with `flwr run .` (docs/deployment.md) or install "
+                        "flwr[simulation]>=1.41,<1.43")
+    return run_simulation
+
+
 def preflight(cfg: Config) -> None:
     """Load data, partition it and build the model and strategy once, raising UserError on bad
     input. A strategy that is a :class:`~fedbarrier.fl.protocol.ModelCheck` (e.g. the Radon machine,
@@ -55,6 +76,7 @@ def preflight(cfg: Config) -> None:
     from strategies import build_strategy
 
     resolve_device(cfg.train.device)  # a CUDA device this machine has not: before anything is written
+    flower_run_simulation()  # a Flower without it: before anything is written
 
     with _flower_logs(logging.WARNING):
         strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
@@ -306,8 +328,8 @@ def _stop_ray_and_clean_up(ray: Any, scratch: Any) -> None:
 def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: bool,
               verbose: bool, client_app: Any) -> None:
     import ray
-    from flwr.simulation import run_simulation
 
+    run_simulation = flower_run_simulation()
     from fedbarrier.fl.client_app import make_client_app
     from fedbarrier.fl.server_app import make_server_app
 
