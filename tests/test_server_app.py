@@ -32,3 +32,57 @@ def test_train_split_barriers_under_deployment_are_flagged(grid, overrides, warn
 def test_the_warning_names_the_barrier_aware_split_too():
     cfg = load_config(None, ["strategy.name=barrier-aware"])
     assert 'strategy.barrier_split = "test"' in server_data_warning(cfg, DeployedGrid())
+
+
+class NodesGrid:
+    """A grid whose node count follows ``counts`` (one entry a poll, the last one stays) and
+    whose clients answer the partition query; ``simulated`` adds the in-memory grid's mark."""
+
+    def __init__(self, counts, simulated):
+        self.counts, self.polls = list(counts), 0
+        if simulated:
+            self.pull_interval = 0.0
+
+    def get_node_ids(self):
+        count = self.counts[min(self.polls, len(self.counts) - 1)]
+        self.polls += 1
+        return list(range(100, 100 + count))
+
+    def send_and_receive(self, messages, timeout=None):
+        from types import SimpleNamespace
+
+        from fedbarrier.fl.protocol import CLIENT_RECORD, PARTITION_ID
+        return [SimpleNamespace(has_error=lambda: False,
+                                metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
+                                content=SimpleNamespace(config_records={CLIENT_RECORD: {
+                                    PARTITION_ID: m.metadata.dst_node_id - 100}}))
+                for m in messages]
+
+
+def test_a_simulation_with_another_number_of_nodes_ends_at_once(task_identity):
+    """`flwr run .` with Flower's default federation: 2 simulated SuperNodes, 10 clients asked.
+    It waited 600 s; now one line saying which setting makes them equal."""
+    from fedbarrier.errors import UserError
+    from fedbarrier.fl.server_app import discover_partitions
+
+    with pytest.raises(UserError) as mismatch:
+        discover_partitions(NodesGrid([0, 2], simulated=True), 10, settle=0.3)
+    assert str(mismatch.value).startswith("the federation has 2 clients (SuperNodes) but "
+                                          "data.num_clients = 10")
+    assert "num-supernodes=10" in str(mismatch.value) and "data.num_clients=2" in str(mismatch.value)
+
+
+def test_more_nodes_than_clients_end_at_once_anywhere(task_identity):
+    from fedbarrier.errors import UserError
+    from fedbarrier.fl.server_app import discover_partitions
+
+    with pytest.raises(UserError, match="the federation has 3 clients"):
+        discover_partitions(NodesGrid([3], simulated=False), 2, settle=100.0)
+
+
+def test_a_deployment_waits_for_late_nodes(task_identity, monkeypatch):
+    from fedbarrier.fl import server_app
+
+    monkeypatch.setattr(server_app.time, "sleep", lambda s: None)
+    grid = NodesGrid([1, 1, 1, 1, 1, 2], simulated=False)  # unchanged for a while, then joined
+    assert server_app.discover_partitions(grid, 2, settle=0.0) == {100: 0, 101: 1}
