@@ -230,6 +230,13 @@ def _run_dir_of(args: argparse.Namespace) -> str:
         return "RUN_DIR"
 
 
+def _resume_hint(args: argparse.Namespace, before: str = "") -> str:
+    """``; resume with: fedbarrier run --resume RUN_DIR`` for a run (other commands: '')."""
+    if args.command != "run":
+        return ""
+    return f"; {before}resume with: fedbarrier run --resume {_run_dir_of(args)}"
+
+
 #: Set by :func:`main`'s SIGINT handler: the command was interrupted, so it must not exit 0.
 _interrupted = threading.Event()
 
@@ -265,14 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except RunAborted as exc:  # what was recorded is whole: say how to go on
-        hint = (f"; once that is fixed, resume with: fedbarrier run --resume {_run_dir_of(args)}"
-                if args.command == "run" else "")
-        print(f"error: {exc}{hint}", file=sys.stderr)
+        print(f"error: {exc}{_resume_hint(args, 'once that is fixed, ')}", file=sys.stderr)
         code = exc.exit_code
     except RunInterrupted as exc:  # stopped between rounds' records: whole, resumable
-        hint = (f"; resume with: fedbarrier run --resume {_run_dir_of(args)}"
-                if args.command == "run" else "")
-        print(f"{exc}{hint}", file=sys.stderr, flush=True)
+        print(f"{exc}{_resume_hint(args)}", file=sys.stderr, flush=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         _interrupted.set()  # also one raised by other means than the handler
@@ -286,8 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # not report success. (A Ctrl-C after the restore above goes to the previous handler.)
     if _interrupted.is_set():
         # Records are appended atomically, so stopping here loses at most the round in progress.
-        _exit_interrupted(f"; resume with: fedbarrier run --resume {_run_dir_of(args)}"
-                          if args.command == "run" else "")
+        _exit_interrupted(_resume_hint(args))
     return code
 
 

@@ -63,6 +63,18 @@ def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bo
     return proc, private_tmp
 
 
+def left_behind(private_tmp: Path) -> str:
+    """The processes of a stopped run's private Ray still alive after 10 s (Ray's helpers exit
+    as their raylet goes); then they are killed and the folder removed, whatever the answer."""
+    deadline = time.monotonic() + 10
+    while (leftover := subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True,
+                                      text=True)).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kill_processes_matching(str(private_tmp))
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    return leftover.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """``uninterrupted(name)``: the uninterrupted run of ``CONFIGS[name]``, made once for the
@@ -170,13 +182,7 @@ def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_pa
         f"{sig.name}: stopping; the round in progress is dropped "
         f"({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'} again to stop at once)",
         f"interrupted by {sig.name}; resume with: fedbarrier run --resume {run}"], stderr[-3000:]
-    deadline = time.monotonic() + 10  # Ray's helpers exit as their raylet goes
-    while (leftover := subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True,
-                                      text=True)).stdout.strip() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    kill_processes_matching(str(private_tmp))
-    shutil.rmtree(private_tmp, ignore_errors=True)
-    assert leftover.stdout.strip() == "", f"Ray processes survived {sig.name}"
+    assert left_behind(private_tmp) == "", f"Ray processes survived {sig.name}"
     rounds = [r["round"] for r in records(run / "metrics.jsonl")]
     assert rounds == list(range(len(rounds))) and RunDir(run).last_complete_round() == rounds[-1]
     if sig == signal.SIGINT:  # resuming is the same after either (and after kill -9, above)
@@ -345,15 +351,10 @@ def test_a_signal_during_start_up_exits_130_without_traceback(tmp_path, after):
     time.sleep(after)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    deadline = time.monotonic() + 10
-    while (leftover := subprocess.run(["pgrep", "-f", str(private_tmp)], capture_output=True,
-                                      text=True)).stdout.strip() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    kill_processes_matching(str(private_tmp))
-    shutil.rmtree(private_tmp, ignore_errors=True)
+    leftover = left_behind(private_tmp)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
-    assert leftover.stdout.strip() == "", "Ray processes survived"
+    assert leftover == "", "Ray processes survived"
 
 
 @pytest.mark.parametrize("where", ["measuring", "writing"])

@@ -17,7 +17,7 @@ import torch
 
 from fedbarrier.errors import RunAborted
 from fedbarrier.fl.protocol import STORAGE_FAULT
-from fedbarrier.runtime.rundir import save_torch, state_rounds
+from fedbarrier.runtime.rundir import client_folder, save_torch, state_file, state_rounds
 
 KEEP = 2  # rounds of state kept per client: the newest and the one a resume may need
 
@@ -31,7 +31,7 @@ class ClientStore:
     """Round-versioned state files of one client."""
 
     def __init__(self, root: str | Path, client: int) -> None:
-        self.folder = Path(root) / f"client-{client}"
+        self.folder = client_folder(Path(root), client)
 
     def _rounds(self) -> list[int]:
         return state_rounds(self.folder)
@@ -41,21 +41,21 @@ class ClientStore:
         earlier = [r for r in self._rounds() if r < server_round]
         if not earlier:
             return None
-        return torch.load(self.folder / f"round-{earlier[-1]:04d}.pt", weights_only=True)
+        return torch.load(state_file(self.folder, earlier[-1]), weights_only=True)
 
     def load(self, server_round: int) -> dict[str, dict[str, torch.Tensor]] | None:
         """The state saved in exactly ``server_round`` (None if the client saved none then)."""
-        path = self.folder / f"round-{server_round:04d}.pt"
+        path = state_file(self.folder, server_round)
         return torch.load(path, weights_only=True) if path.is_file() else None
 
     def save(self, server_round: int, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write this round's state atomically and drop states older than the last ``KEEP``."""
-        path = self.folder / f"round-{server_round:04d}.pt"
+        path = state_file(self.folder, server_round)
         try:
             save_torch(path, {name: {k: v.detach().cpu() for k, v in part.items()}
                               for name, part in state.items()})
         except RunAborted as exc:  # the server must stop the run, not leave this client out
             raise StorageFault(f"{STORAGE_FAULT}: {exc}") from exc
         for old in self._rounds()[:-KEEP]:
-            (self.folder / f"round-{old:04d}.pt").unlink(missing_ok=True)
+            state_file(self.folder, old).unlink(missing_ok=True)
 

@@ -220,9 +220,9 @@ class RoundPipeline:
         usable: list[int] = []
         record = self.record
         for reply in replies:  # a client that cannot write its state: the run cannot go on
-            if reply.error is not None and STORAGE_FAULT in reply.error:
-                raise RunAborted(reply.error[reply.error.index(STORAGE_FAULT) + len(STORAGE_FAULT):]
-                                 .lstrip(": ") + f" (client {reply.client}, round {record.round})")
+            _, fault, cause = (reply.error or "").partition(f"{STORAGE_FAULT}: ")
+            if fault:
+                raise RunAborted(f"{cause} (client {reply.client}, round {record.round})")
         for i, reply in enumerate(replies):
             reason = check_reply(reply, self._expected)
             if reason is None:

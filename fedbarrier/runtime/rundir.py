@@ -45,6 +45,16 @@ CLIENTS_DIR = "clients"  # the clients' own state folders (client-K/round-NNNN.p
 ROUND_FILE = re.compile(r"round-(\d{4,})\.pt$")  # a client's state of one round
 
 
+def client_folder(root: Path, client: int) -> Path:
+    """Client ``client``'s state folder under ``root`` (a run's ``clients/``)."""
+    return Path(root) / f"client-{client}"
+
+
+def state_file(folder: Path, server_round: int) -> Path:
+    """A client's state file of ``server_round`` in its folder (matches :data:`ROUND_FILE`)."""
+    return folder / f"round-{server_round:04d}.pt"
+
+
 def state_rounds(folder: Path) -> list[int]:
     """The rounds of the ``round-NNNN.pt`` state files in ``folder``, sorted."""
     if not folder.is_dir():
@@ -297,10 +307,16 @@ class RunDir:
         elif strategy_state is not None:
             write_atomic(as_json, json.dumps(json_ready(strategy_state)))
             as_torch.unlink(missing_ok=True)
-        for old in sorted((self.path / "state").glob("*-*.*")):
-            number = old.stem.rsplit("-", 1)[-1]
-            if number.isdigit() and int(number) < server_round - 1:
+        for old, r in self._server_state_files():
+            if r < server_round - 1:
                 old.unlink(missing_ok=True)
+
+    def _server_state_files(self) -> Iterator[tuple[Path, int]]:
+        """Each file in ``state/`` with the round it holds (``global-NNNN.pt`` and the like)."""
+        for path in sorted((self.path / "state").glob("*-*.*")):
+            number = path.stem.rsplit("-", 1)[-1]
+            if number.isdigit():
+                yield path, int(number)
 
     def load_server_state(self, server_round: int) -> tuple[dict[str, torch.Tensor],
                                                             dict[str, Any] | None]:
@@ -354,9 +370,8 @@ class RunDir:
         for record in records[1:last + 1]:
             for client in record.get("clients", []):
                 trained.setdefault(int(client), int(record["round"]))
-        client_rounds = {int(folder.name.split("-")[1]): state_rounds(folder)
-                         for folder in (self.path / CLIENTS_DIR).glob("client-*")
-                         if folder.name.split("-")[1].isdigit()}
+        folders = dict(self._client_folders())
+        client_rounds = {c: state_rounds(folder) for c, folder in folders.items()}
         keeps_state = any(client_rounds.values())
         for r in range(last, 0, -1):
             if not self._server_state_loads(r):
@@ -368,12 +383,13 @@ class RunDir:
                 why.append(f"client {lost[0]}'s state of round {r} or earlier is gone "
                            f"(it holds rounds {client_rounds.get(lost[0], [])})")
                 continue
-            damaged = [c for c, held in sorted(client_rounds.items())
-                       if (read := [x for x in held if x <= r]) and not _loads(
-                           self.path / CLIENTS_DIR / f"client-{c}" / f"round-{read[-1]:04d}.pt")]
-            if damaged:  # the file the client would read next: cut short or not a torch file
-                why.append(f"client {damaged[0]}'s state of round "
-                           f"{max(x for x in client_rounds[damaged[0]] if x <= r)} is damaged")
+            # The file each client would read next must load (not cut short, a torch file).
+            reads = {c: max(x for x in held if x <= r) for c, held in sorted(client_rounds.items())
+                     if any(x <= r for x in held)}
+            unreadable = [(c, x) for c, x in reads.items() if not _loads(state_file(folders[c], x))]
+            if unreadable:
+                c, x = unreadable[0]
+                why.append(f"client {c}'s state of round {x} is damaged")
                 continue
             return r, "; ".join(why) or None
         return 0, "; ".join(why) or None
@@ -400,14 +416,19 @@ class RunDir:
                     for f in folder.iterdir():
                         f.unlink()
                     folder.rmdir()
-        for old in (self.path / "state").glob("*-*.*"):
-            number = old.stem.rsplit("-", 1)[-1]
-            if number.isdigit() and int(number) > server_round:
+        for old, r in self._server_state_files():
+            if r > server_round:
                 old.unlink()
-        for folder in (self.path / CLIENTS_DIR).glob("client-*"):
+        for _, folder in self._client_folders():
             for r in state_rounds(folder):
                 if r > server_round:
-                    (folder / f"round-{r:04d}.pt").unlink()
+                    state_file(folder, r).unlink()
+
+    def _client_folders(self) -> Iterator[tuple[int, Path]]:
+        """Each client's state folder (``clients/client-K``) with its client id."""
+        for folder in sorted((self.path / CLIENTS_DIR).glob("client-*")):
+            if folder.name.removeprefix("client-").isdigit():
+                yield int(folder.name.removeprefix("client-")), folder
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
