@@ -4,7 +4,8 @@
     fedbarrier partitions CONFIG [--set ...] [--out DIR]
     fedbarrier plot RUN_DIR
     fedbarrier barriers MODEL_A.pt MODEL_B.pt [more.pt] --config CONFIG [--json]
-    fedbarrier compare CONFIG --strategies fedavg,fedper,... [--seeds 0,1,2] [--out DIR]
+    fedbarrier compare CONFIG --strategies fedavg,fedper,... [--seeds 0,1,2] [--grid KEY=V1,V2 ...]
+    fedbarrier export RUN_DIR [--format csv|parquet] [--out DIR]
     fedbarrier analyze robustness|subspace RUN_DIR [--round N] [--clients 0,1] [--split test] ...
     fedbarrier analyze deep-linear [--out DIR]
     fedbarrier keys
@@ -100,13 +101,21 @@ def cmd_barriers(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedbarrier.compare import compare, parse_list
+    from fedbarrier.compare import compare, parse_grid, parse_list
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name or 'run'}-compare"
     compare(cfg, parse_list(args.strategies), parse_list(args.seeds, int), out, force=args.force,
-            progress=not args.quiet)
+            progress=not args.quiet, grid=parse_grid(args.grid))
     print(f"table and plots written to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedbarrier.api import load_run
+
+    for path in load_run(args.run_dir).export(args.out, fmt=args.format):
+        print(path)
     return 0
 
 
@@ -182,9 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated names, e.g. fedavg,fedper,lg-fedavg,barrier-aware,local")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", help="folder (default: runs/<experiment name>-compare)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing comparison")
-    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="sweep a config key over values, e.g. --grid data.alpha=0.1,0.5 "
+                        "(repeatable: the product of all grids, strategies and seeds runs)")
+    p.add_argument("--force", action="store_true",
+                   help="start every run again (default: reuse finished runs, resume interrupted ones)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="write a run's tidy tables (metrics, barriers, distances)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--out", help="folder for the tables (default: RUN_DIR/tables)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("analyze", help="robustness and subspace analyses of saved client models")
     analyses = p.add_subparsers(dest="analysis", required=True)
@@ -231,7 +250,10 @@ def _run_dir_of(args: argparse.Namespace) -> str:
 
 
 def _resume_hint(args: argparse.Namespace, before: str = "") -> str:
-    """``; resume with: fedbarrier run --resume RUN_DIR`` for a run (other commands: '')."""
+    """``; resume with: fedbarrier run --resume RUN_DIR`` for a run, how to continue a comparison
+    (other commands: '')."""
+    if args.command == "compare":
+        return f"; {before}continue with the same command: finished runs are reused"
     if args.command != "run":
         return ""
     return f"; {before}resume with: fedbarrier run --resume {_run_dir_of(args)}"

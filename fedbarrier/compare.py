@@ -26,16 +26,18 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
+import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedbarrier.config import Config, load_config
+from fedbarrier.config import Config, config_differences, from_dict, load_config, to_dict
 from fedbarrier.errors import RunAborted, UserError
 from fedbarrier.plots.records import full_se, full_value
 from fedbarrier.runtime.rundir import RunDir, read_jsonl, write_atomic
@@ -56,6 +58,9 @@ COLUMNS = [
 SE_COLUMNS = {"barrier_loss": "barrier_loss_se", "barrier_error": "barrier_error_se",
               "local_barrier_error": "local_barrier_error_se"}
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"
+PLAN_FILE = "comparison.json"
+#: keys a grid must not vary, and the option that varies them
+GRID_ELSEWHERE = {"seed": "--seeds", "strategy.name": "--strategies", "name": "a separate comparison"}
 
 
 def run_summary(run_dir: Path) -> dict[str, float]:
@@ -133,49 +138,68 @@ def _fmt(values: list[float], ses: list[float] | None = None) -> str:
 
 
 def summarize(runs: dict[str, list[Path]],
-              finished: dict[str, list[bool]] | None = None) -> tuple[str, str]:
+              finished: dict[str, list[bool]] | None = None,
+              grid: dict[str, dict[str, str]] | None = None) -> tuple[str, str]:
     """(markdown table, CSV) over seeds: mean ± sample std, and the within-run se where there is one.
 
     Cells are over the finished runs only (``finished``: :func:`run_finished` of each run, read
     from the runs when not given); a run that stopped early is counted in "seeds" apart and keeps
-    its numbers in the CSV (``finished`` = 0).
+    its numbers in the CSV (``finished`` = 0). In a sweep the keys of ``runs`` are
+    ``<grid point>/<strategy>`` and ``grid`` gives each key's grid values: the table gains one
+    column per grid key, before the strategy.
     """
     rows = {s: [run_summary(p) for p in paths] for s, paths in runs.items()}
     if finished is None:
         finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
-    header = ["strategy", "seeds"] + [title for title, _ in COLUMNS]
+    grid_keys = list(next(iter(grid.values()))) if grid else []
+    header = grid_keys + ["strategy", "seeds"] + [title for title, _ in COLUMNS]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     buf = io.StringIO()
     writer = csv.writer(buf)
     keys = [key for _, key in COLUMNS] + list(SE_COLUMNS.values())
-    writer.writerow(["strategy", "seed", "finished"] + keys)
-    for strategy, summaries in rows.items():
-        done = [s for s, ok in zip(summaries, finished[strategy]) if ok]
+    writer.writerow(grid_keys + ["strategy", "seed", "finished"] + keys)
+    for group, summaries in rows.items():
+        values = [grid[group][k] for k in grid_keys] if grid else []
+        strategy = group.rpartition("/")[2] if grid else group
+        done = [s for s, ok in zip(summaries, finished[group]) if ok]
         stopped = len(summaries) - len(done)
-        cells = [strategy, f"{len(done)} (+{stopped} stopped)" if stopped else str(len(done))]
+        cells = values + [strategy, f"{len(done)} (+{stopped} stopped)" if stopped else str(len(done))]
         cells += [_fmt([s[key] for s in done],
                        [s[SE_COLUMNS[key]] for s in done] if key in SE_COLUMNS else None)
                   for _, key in COLUMNS]
         md.append("| " + " | ".join(cells) + " |")
-        for path, s, ok in zip(runs[strategy], summaries, finished[strategy]):
-            writer.writerow([strategy, path.name.removeprefix("seed-"), int(ok)] + [s[k] for k in keys])
+        for path, s, ok in zip(runs[group], summaries, finished[group]):
+            writer.writerow(values + [strategy, path.name.removeprefix("seed-"), int(ok)]
+                            + [s[k] for k in keys])
     return "\n".join(md) + "\n", buf.getvalue()
 
 
-def _write_summary(runs: dict[str, list[Path]], out: Path) -> str:
-    """Write summary.md, summary.csv and the comparison plots into ``out``; returns the markdown."""
+def _write_summary(runs: dict[str, list[Path]], out: Path,
+                   grid: dict[str, dict[str, str]] | None = None) -> str:
+    """Write summary.md, summary.csv and the comparison plots into ``out`` (in a sweep, also each
+    grid point's own table and plots into its folder); returns the markdown."""
     from fedbarrier.plots.compare import plot_comparison
 
     finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
-    markdown, table = summarize(runs, finished)
+    markdown, table = summarize(runs, finished, grid)
     RunDir(out).write_text(SUMMARY_MD, markdown)
     write_atomic(out / SUMMARY_CSV, table)
-    # the curves of the finished runs, as the table; a strategy with none shows where it stopped
-    curves = {}
-    for strategy, paths in runs.items():
-        done = [p for p, ok in zip(paths, finished[strategy]) if ok]
-        curves[strategy if done else f"{strategy} (stopped)"] = done or paths
-    plot_comparison(curves, out)
+    points: dict[str, list[str]] = {}
+    for group in runs:
+        points.setdefault(group.rpartition("/")[0] if grid else "", []).append(group)
+    for point, groups in points.items():
+        # the curves of the finished runs, as the table; a strategy with none shows where it stopped
+        curves = {}
+        for group in groups:
+            strategy = group.rpartition("/")[2] if grid else group
+            done = [p for p, ok in zip(runs[group], finished[group]) if ok]
+            curves[strategy if done else f"{strategy} (stopped)"] = done or runs[group]
+        if point:
+            part = {g.rpartition("/")[2]: runs[g] for g in groups}
+            point_md, point_csv = summarize(part, {g.rpartition("/")[2]: finished[g] for g in groups})
+            RunDir(out / point).write_text(SUMMARY_MD, f"{point}\n\n{point_md}")
+            write_atomic(out / point / SUMMARY_CSV, point_csv)
+        plot_comparison(curves, out / point if point else out, title=point)
     return markdown
 
 
@@ -214,6 +238,34 @@ def _seed_key(seed: str) -> tuple[int, int, str]:
     return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
 
 
+def read_plan(out: Path) -> dict[str, Any]:
+    """The comparison's plan (``comparison.json``: strategies, seeds, grid); {} when absent."""
+    try:
+        plan = json.loads((Path(out) / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+def find_groups(out: Path) -> tuple[dict[str, list[Path]], dict[str, dict[str, str]] | None]:
+    """The runs of a comparison folder and, for a sweep, each group's grid values.
+
+    Without a grid (or an older folder without ``comparison.json``) the keys are strategies, as
+    :func:`find_runs`; in a sweep they are ``<grid point>/<strategy>``.
+    """
+    out = Path(out)
+    grid = read_plan(out).get("grid") or {}
+    if not grid:
+        return find_runs(out), None
+    runs: dict[str, list[Path]] = {}
+    values: dict[str, dict[str, str]] = {}
+    for point in grid_points(grid):
+        for strategy, paths in find_runs(out / point.label).items():
+            runs[f"{point.label}/{strategy}"] = paths
+            values[f"{point.label}/{strategy}"] = point.values
+    return runs, values
+
+
 def summarize_folder(out: Path) -> dict[str, list[Path]]:
     """Rebuild summary.md, summary.csv and the comparison plots of an existing comparison folder.
 
@@ -221,44 +273,176 @@ def summarize_folder(out: Path) -> dict[str, list[Path]]:
     standard errors, or after the table gained columns). Returns the runs, as :func:`compare`.
     """
     out = Path(out)
-    runs = find_runs(out)
+    runs, grid = find_groups(out)
     if not runs:
         raise UserError(f"{str(out)!r} holds no runs: expected OUT/<strategy>/seed-<n>/metrics.jsonl")
-    _write_summary(runs, out)
+    _write_summary(runs, out, grid)
     return runs
 
 
-def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: Path, *,
-            force: bool = False, progress: bool = True) -> dict[str, list[Path]]:
-    """Run every strategy for every seed, then write the table and the comparison plots."""
-    from fedbarrier.fl.simulation import preflight, run_experiment
+# ---------------------------------------------------------------------------------------------
+# Sweeps: --grid key=v1,v2
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridPoint:
+    """One combination of grid values: ``values`` = {config key: value as given}."""
+
+    values: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        """Its folder inside the comparison, e.g. ``data.alpha=0.1+train.local_epochs=5``."""
+        return "+".join(f"{key}={value}" for key, value in self.values.items())
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.values.items()]
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``["data.alpha=0.1,0.5", "train.local_epochs=1,5"]`` -> {key: [values]}, checked for form.
+
+    Values are split on commas outside brackets (``barriers.splits=["test"],["train","test"]``).
+    Whether each value is valid for its key is checked by :func:`plan_configs`.
+    """
+    grid: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise UserError(f"--grid {spec!r} must look like section.key=value1,value2")
+        if key in GRID_ELSEWHERE:
+            raise UserError(f"--grid {key}: vary it with {GRID_ELSEWHERE[key]}, not --grid")
+        if key in grid:
+            raise UserError(f"--grid {key} is given twice; list all its values once")
+        values = _split_top_level(text)
+        if any(not v for v in values) or any(c in v for v in values for c in "/\\\0"):
+            raise UserError(f"--grid {spec!r}: values must be non-empty and hold no '/' or '\\'")
+        if len(set(values)) != len(values):
+            raise UserError(f"--grid {spec!r} repeats a value")
+        grid[key] = values
+    return grid
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return parts + [current.strip()]
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[GridPoint]:
+    """Every combination, the first key varying slowest; one empty point without a grid."""
+    return [GridPoint(dict(zip(grid, combo))) for combo in itertools.product(*grid.values())]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    group: str          # the summary row: strategy, or <grid point>/<strategy> in a sweep
+    strategy: str
+    seed: int
+    point: GridPoint
+    config: Config
+    path: Path
+
+
+def plan_configs(cfg: Config, strategies: Sequence[str], seeds: Sequence[int],
+                 grid: dict[str, list[str]], out: Path) -> list[PlannedRun]:
+    """Every run of the comparison with its validated config, seed by seed (so that an
+    interrupted sweep has finished whole seeds first). Raises UserError for a bad grid value."""
+    from fedbarrier.fl.simulation import preflight
 
     if not strategies:
         raise UserError("--strategies needs at least one strategy name")
-    configs = {}
-    for name in strategies:  # validate every strategy before running any
-        configs[name] = replace(cfg, strategy=replace(cfg.strategy, name=name),
-                                output=replace(cfg.output, plots=False))
-        preflight(configs[name])
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"comparison folder {str(out)!r} already holds results; pass --force or "
-                        "choose another --out")
-    runs: dict[str, list[Path]] = {name: [] for name in strategies}
-    stopped: list[str] = []
-    for seed in seeds:
-        for name in strategies:
-            run = out / run_folder_name(name) / f"seed-{seed}"
-            if progress:
-                print(f"== {name}, seed {seed} -> {run}", flush=True)
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    base = to_dict(cfg)
+    points: list[tuple[GridPoint, Config]] = []
+    for point in grid_points(grid):
+        try:
+            point_cfg = from_dict(base, point.overrides)
+        except UserError as exc:
+            raise UserError(f"--grid {point.label}: {exc}") from None
+        points.append((point, point_cfg))
+    configs: dict[tuple[str, str], Config] = {}
+    for point, point_cfg in points:
+        for name in strategies:  # validate every strategy at every point before running any
+            configs[point.label, name] = replace(point_cfg, strategy=replace(point_cfg.strategy, name=name),
+                                                 output=replace(point_cfg.output, plots=False))
             try:
-                run_experiment(replace(configs[name], seed=seed), run, force=True, progress=progress)
-            except RunAborted as exc:  # a result (e.g. divergence), not a reason to stop the rest
-                print(f"== {name}, seed {seed} stopped early: {exc}", file=sys.stderr, flush=True)
-                stopped.append(f"{name} seed {seed} ({exc})")
-            runs[name].append(run)
-    print(_write_summary(runs, out))
+                preflight(configs[point.label, name])
+            except UserError as exc:
+                raise UserError(f"{point.label}: {exc}" if point.label else str(exc)) from None
+    planned = []
+    for seed in seeds:
+        for point, _ in points:
+            for name in strategies:
+                folder = out / point.label if point.label else out
+                planned.append(PlannedRun(
+                    group=f"{point.label}/{name}" if point.label else name, strategy=name, seed=seed,
+                    point=point, config=replace(configs[point.label, name], seed=seed),
+                    path=folder / run_folder_name(name) / f"seed-{seed}"))
+    return planned
+
+
+def _check_reusable(run: PlannedRun) -> None:
+    """A run folder a rerun would continue must hold the same experiment."""
+    if not (run.path / "config.toml").is_file():
+        return
+    differs = config_differences(load_config(run.path / "config.toml"), run.config)
+    if differs:
+        raise UserError(f"{str(run.path)!r} holds a run with a different config (differs in "
+                        f"{', '.join(differs)}); pass --force to start the "
+                        "comparison again or choose another --out")
+
+
+def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: Path, *,
+            force: bool = False, progress: bool = True,
+            grid: dict[str, list[str]] | None = None) -> dict[str, list[Path]]:
+    """Run every strategy for every seed (and grid point), then write the table and the plots.
+
+    Run again on the same folder, it continues: finished runs are reused as they are, an
+    interrupted one is resumed, missing ones run (``force``: every run starts again). Returns
+    the runs by summary row: strategy, or ``<grid point>/<strategy>`` in a sweep.
+    """
+    from fedbarrier.fl.simulation import resume_experiment, run_experiment
+
+    grid = grid or {}
+    planned = plan_configs(cfg, strategies, seeds, grid, out)
+    if not force:
+        for run in planned:
+            _check_reusable(run)
+    write_atomic(out / PLAN_FILE, json.dumps(
+        {"strategies": list(strategies), "seeds": list(seeds), "grid": grid}, indent=2))
+    runs: dict[str, list[Path]] = {}
+    values: dict[str, dict[str, str]] = {}
+    stopped: list[str] = []
+    for number, run in enumerate(planned, 1):
+        runs.setdefault(run.group, []).append(run.path)
+        values[run.group] = run.point.values
+        where = f"{run.strategy} seed {run.seed}" + (f" at {run.point.label}" if run.point.label else "")
+        if not force and run_finished(run.path) and (run.path / "metrics.jsonl").is_file():
+            if progress:
+                print(f"== [{number}/{len(planned)}] {where}: finished earlier, reused", flush=True)
+            continue
+        if progress:
+            print(f"== [{number}/{len(planned)}] {where} -> {run.path}", flush=True)
+        try:
+            if not force and (run.path / "config.toml").is_file():
+                resume_experiment(run.path, run.config, progress=progress)
+            else:
+                run_experiment(run.config, run.path, force=True, progress=progress)
+        except RunAborted as exc:  # a result (e.g. divergence), not a reason to stop the rest
+            print(f"== {where} stopped early: {exc}", file=sys.stderr, flush=True)
+            stopped.append(f"{where} ({exc})")
+    print(_write_summary(runs, out, values if grid else None))
     if stopped:
-        raise RunAborted(f"{len(stopped)} of {len(seeds) * len(strategies)} runs stopped early: "
+        raise RunAborted(f"{len(stopped)} of {len(planned)} runs stopped early: "
                          f"{'; '.join(stopped)}; the table counts them apart")
     return runs
 

@@ -387,6 +387,18 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def config_differences(a: Config, b: Config) -> list[str]:
+    """The dotted keys (``data.alpha``) whose values differ between two configs."""
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                       else {f"{prefix}{key}": value})
+        return out
+    mine, theirs = flat(to_dict(a)), flat(to_dict(b))
+    return [key for key in mine if mine[key] != theirs.get(key)]
+
+
 def to_toml(cfg: Config) -> str:
     return tomli_w.dumps(to_dict(cfg))
 

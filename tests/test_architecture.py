@@ -8,9 +8,11 @@ Layers, bottom to top (a module may import its own layer and those below):
 2. ``fedbarrier.measure``: the barrier math and its hook (no Flower, no disk)
 3. ``fedbarrier.fl.protocol``, ``fedbarrier.runtime``: the wire keys; disk and process machinery
 4. ``strategies``: Flower strategies, which speak the protocol; ``fedbarrier.plots``: drawing
-   from a run's records (a run draws its plots when it ends)
+   from a run's records (a run draws its plots when it ends); ``fedbarrier.outputs``: tables,
+   TensorBoard events and progress from records
 5. ``fedbarrier.fl``: the round pipeline, the adapter and Flower's apps
-6. the commands: ``fedbarrier.cli``, ``compare``, ``offline``, ``analysis``
+6. the commands: ``fedbarrier.cli``, ``compare``, ``offline``, ``analysis``, and the Python API
+   (``fedbarrier.api``)
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ LAYERS: list[tuple[str, int]] = [  # the longest matching prefix decides
     ("fedbarrier.data", 1), ("fedbarrier.learn", 1), ("partitions", 1),
     ("fedbarrier.measure", 2),
     ("fedbarrier.fl.protocol", 3), ("fedbarrier.runtime", 3),
-    ("strategies", 4), ("fedbarrier.plots", 4),
+    ("strategies", 4), ("fedbarrier.plots", 4), ("fedbarrier.outputs", 4),
     ("fedbarrier.fl", 5),
     ("fedbarrier.cli", 6), ("fedbarrier.compare", 6), ("fedbarrier.offline", 6),
-    ("fedbarrier.analysis", 6), ("fedbarrier.__main__", 6),
+    ("fedbarrier.analysis", 6), ("fedbarrier.__main__", 6), ("fedbarrier.api", 6),
     ("fedbarrier", 0),  # the package's own __init__
 ]
 

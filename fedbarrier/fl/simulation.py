@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedbarrier.config import Config, load_config, to_dict, to_toml
+from fedbarrier.config import Config, config_differences, load_config, to_toml
 from fedbarrier.data.federation import federation, share_data
 from fedbarrier.errors import UserError
 from fedbarrier.fl.protocol import ModelCheck
@@ -240,9 +240,8 @@ def resume_experiment(path: str | Path, check: Config | None = None, *, progress
     if not (run_dir.path / "config.toml").is_file():
         raise UserError(f"{str(run_dir.path)!r} is not a run directory (no config.toml)")
     cfg = load_config(run_dir.path / "config.toml")
-    mine, theirs = _flat(to_dict(cfg)), _flat(to_dict(check)) if check is not None else None
-    if theirs is not None and theirs != mine:
-        differs = [key for key in mine if mine[key] != theirs.get(key)]
+    differs = config_differences(cfg, check) if check is not None else []
+    if differs:
         raise UserError(f"{str(run_dir.path)!r} was started with a different config (differs in "
                         f"{', '.join(differs)}); resume without a config or start a new run")
     done, why = run_dir.resume_point()
@@ -269,16 +268,6 @@ def resume_experiment(path: str | Path, check: Config | None = None, *, progress
         print(f"resuming {run_dir.path} after round {done}", flush=True)
     _simulate(cfg, run_dir, done, progress=progress, verbose=verbose, client_app=client_app)
     return run_dir
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # Ray's longest socket path past the scratch root: /fedbarrier-XXXXXXXX/ray/session_<date>_<pid>

@@ -23,8 +23,10 @@ def _mean_curve(paths: list[Path], key: str) -> tuple[list[int], np.ndarray] | N
     return rounds, np.array([[c[r] for r in rounds] for c in curves])
 
 
-def plot_comparison(runs: dict[str, list[Path]], out: Path) -> list[Path]:
+def plot_comparison(runs: dict[str, list[Path]], out: Path, title: str = "") -> list[Path]:
+    """accuracy.png and per_layer_barriers.png of one comparison (``title``: its grid point)."""
     written = []
+    where = f" — {title}" if title else ""
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, title in ((axes[0], "local_test_accuracy", "personalized (clients' local tests)"),
@@ -42,7 +44,7 @@ def plot_comparison(runs: dict[str, list[Path]], out: Path) -> list[Path]:
         ax.set(title=title, xlabel="round", ylabel="accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle("accuracy per strategy (mean ± std over seeds)")
+    fig.suptitle(f"accuracy per strategy (mean ± std over seeds){where}")
     written.append(_save(fig, out / "accuracy.png"))
 
     grids = {}
@@ -64,6 +66,7 @@ def plot_comparison(runs: dict[str, list[Path]], out: Path) -> list[Path]:
             ax.set(title=strategy, xlabel="round")
         axes[0].set_ylabel("layer averaged")
         fig.colorbar(image, ax=list(axes), label="loss barrier")
-        fig.suptitle("per-layer barrier, test split, loss (first seed, mean over default clients)")
+        fig.suptitle("per-layer barrier, test split, loss (first seed, mean over default clients)"
+                     + where)
         written.append(_save(fig, out / "per_layer_barriers.png"))
     return written
