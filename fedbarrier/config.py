@@ -190,6 +190,8 @@ class BarrierConfig:
 class OutputConfig:
     save_client_models: bool = _f(False, "save every client's returned model per round")
     plots: bool = _f(True, "draw the plots at the end of a run")
+    tensorboard: bool = _f(True, "write TensorBoard event files to RUN_DIR/tensorboard "
+                                 "(every round's scalars, barrier families, config, final plots)")
 
 
 @dataclass(frozen=True)

@@ -150,3 +150,13 @@ def _no_ray_left_behind():
         return
     if ray.is_initialized():
         ray.shutdown()
+
+
+def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of a run's TensorBoard events, read by TensorBoard's own
+    EventAccumulator (which drops what a later ``purge_step`` supersedes, as TensorBoard does)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

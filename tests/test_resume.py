@@ -21,7 +21,7 @@ from fedbarrier.errors import UserError
 from fedbarrier.fl.simulation import resume_experiment, run_experiment
 from fedbarrier.runtime.rundir import RunDir
 from strategies.feddc import DAISY, feddc_step
-from tests.conftest import TINY, kill_processes_matching
+from tests.conftest import TINY, kill_processes_matching, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,15 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, name, uninter
     resume_experiment(run, progress=False)
     assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
     assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
+    # TensorBoard: the same scalars at the same steps, none twice (timings aside)
+    resumed_events, reference_events = tensorboard_scalars(run), tensorboard_scalars(reference)
+    assert sorted(resumed_events) == sorted(reference_events)
+    for tag, points in reference_events.items():
+        steps = [step for step, _ in resumed_events[tag]]
+        assert steps == [step for step, _ in points], tag
+        if not tag.startswith("time/"):
+            assert resumed_events[tag] == points, tag
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # killed, resumed
     info = json.loads((run / "run.json").read_text())
     assert {k: v for k, v in info.items() if k != "resumes"} == started
     [resumed] = info["resumes"]

@@ -247,3 +247,77 @@ def test_every_round_records_local_barriers_with_their_mean_in_the_metrics(tiny_
     for m in read(out / "metrics.jsonl")[1:]:
         for split in ("local-train", "local-test"):
             assert isinstance(m[f"barrier_local_full_{split}_error"], float)
+
+
+def test_tensorboard_events_hold_every_round_scalar_and_barrier_family(tiny_run):
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedbarrier.outputs.tensorboard import metric_tag
+    from tests.conftest import tensorboard_scalars
+
+    cfg, out = tiny_run
+    scalars = {tag: dict(points) for tag, points in tensorboard_scalars(out).items()}
+    assert all(len(points) == len(dict(points)) for points in tensorboard_scalars(out).values())
+    f32 = lambda v: float(np.float32(v))  # noqa: E731  (TensorBoard stores float32)
+    metrics = read(out / "metrics.jsonl")
+    for rec in metrics:
+        for key, value in rec.items():
+            if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert scalars[metric_tag(key)][rec["round"]] == f32(value), (key, rec["round"])
+    assert sorted(scalars["accuracy/global_test_accuracy"]) == [0, 1, 2]
+    for rec in read(out / "barriers.jsonl"):
+        r, split = rec["round"], rec["split"]
+        if split == "test":
+            assert scalars["barrier_full/test_loss"][r] == f32(rec["full"]["loss"])
+            for i, layer in enumerate(rec["layers"], 1):  # one line per layer in one family
+                assert (scalars[f"barrier_per_layer_test_error/{i:02d}_{layer}"][r]
+                        == f32(rec["per_layer"]["error"][layer]["mean"]))
+            last = rec["layers"][-1]
+            assert (scalars[f"barrier_shallow_test_loss/{len(rec['layers']):02d}_+{last}"][r]
+                    == f32(rec["shallow"]["loss"][-1]["mean"]))
+        if split == "local-test":
+            for stat in ("mean", "q10", "q50", "q90", "max"):
+                assert (scalars[f"local_barrier_full_local-test_error/{stat}"][r]
+                        == f32(rec["full"]["error"][stat]))
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    [text] = events.Tensors("config/text_summary")
+    assert "data.alpha" not in text.tensor_proto.string_val[0].decode()  # TOML, by section
+    assert "alpha = 0.5" in text.tensor_proto.string_val[0].decode()
+    assert "custom_scalars__config__" in events.Tags()["tensors"]
+
+
+def test_final_plots_become_tensorboard_images(tiny_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedbarrier.outputs.tensorboard import write_images
+    from fedbarrier.plots import plot_run
+
+    _, out = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints", "clients", "state"))
+    plots = plot_run(run)
+    write_images(run, plots, step=2)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == sorted(f"plots/{p.stem}" for p in plots)
+    [image] = events.Images("plots/per_layer_test_loss")
+    assert image.step == 2 and image.width > 100 and image.encoded_image_string[:4] == b"\x89PNG"
+
+
+def test_load_run_tables_hold_every_recorded_barrier_number(tiny_run):
+    import fedbarrier
+    from tests.test_tables import barrier_numbers
+
+    _, out = tiny_run
+    run = fedbarrier.load_run(out)
+    records = read(out / "barriers.jsonl")
+    assert sorted(run.barriers["value"].tolist()) == pytest.approx(
+        sorted(v for rec in records for v in barrier_numbers(rec)), nan_ok=True)
+    assert len(run.barriers) == sum(len(barrier_numbers(rec)) for rec in records)
+    assert run.metrics["round"].tolist() == [0, 1, 2]
+    assert run.config.data.num_clients == 3
+    mean = run.barriers.query("split == 'test' and family == 'full' and metric == 'error'")
+    assert mean["value"].tolist() == [rec["full"]["error"] for rec in records if rec["split"] == "test"]
+    assert run.plot("per_layer", split="local-test", metric="error").axes

@@ -1,9 +1,12 @@
-"""Round hooks that record and show a run: saved client models, ``metrics.jsonl``, progress."""
+"""Round hooks that record and show a run: saved client models, ``metrics.jsonl``, TensorBoard
+events, progress."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from fedbarrier.fl.round import RoundRecord
@@ -37,6 +40,42 @@ class MetricsRecorder:
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.run_dir.append_metrics(record.to_json())
+
+
+class TensorBoardRecorder:
+    """Writes each round's scalars to ``RUN_DIR/tensorboard`` as the round ends.
+
+    The round's barrier records reach it through :meth:`barrier_written` (called beside each
+    append to ``barriers.jsonl``); all are written before the round's ``on_round_end``. A resumed
+    run first writes the rounds it keeps again from the records (see
+    :mod:`fedbarrier.outputs.tensorboard`).
+    """
+
+    def __init__(self, run_dir: RunDir, *, config_text: str, splits: Sequence[str],
+                 completed_rounds: int) -> None:
+        from fedbarrier.outputs.tensorboard import EventLog
+
+        self.log = EventLog(run_dir.path, config_text=config_text, splits=splits)
+        if completed_rounds > 0:
+            self.log.replay(run_dir.metrics(), list(run_dir.barriers()), completed_rounds)
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def barrier_written(self, record: dict[str, Any]) -> None:
+        with self._lock:  # the server-side measurement writes from the compute thread
+            self._pending.append(record)
+
+    def before_aggregation(self, models: ClientModels) -> None:
+        return None
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        with self._lock:
+            mine = [r for r in self._pending if r.get("round") == record.round]
+            self._pending = [r for r in self._pending if r.get("round") != record.round]
+        self.log.write_round(record.round, record.to_json(), mine)
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class ProgressPrinter:

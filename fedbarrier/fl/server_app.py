@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedbarrier.config import SERVER_SPLITS, Config
+from fedbarrier.config import SERVER_SPLITS, Config, to_toml
 from fedbarrier.data.federation import federation, server_sample
 from fedbarrier.errors import UserError
 from fedbarrier.fl.adapter import Instrumented, StoppableGrid
@@ -24,7 +26,7 @@ from fedbarrier.fl.protocol import (
     BarrierListener,
     ResumableStrategy,
 )
-from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, ProgressPrinter
+from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, ProgressPrinter, TensorBoardRecorder
 from fedbarrier.fl.round import LocalPlan, RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
 from fedbarrier.measure.hook import BarrierHook
@@ -157,18 +159,23 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         return compute.submit(evaluate_global, server_round, state)
 
     hooks: list[RoundHook] = []
+    events = (TensorBoardRecorder(run_dir, config_text=to_toml(cfg), splits=cfg.barriers.splits,
+                                  completed_rounds=completed_rounds)
+              if run_dir is not None and cfg.output.tensorboard else None)
+    write_barriers = _barrier_writer(run_dir, events)
     if cfg.barriers.enabled and any(s in SERVER_SPLITS for s in cfg.barriers.splits):
         barrier_model = initial_model(cfg, fed)  # a separate module: evaluation swaps its tensors
         hooks.append(BarrierHook(
             cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
             sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
-            write=run_dir.append_barriers if run_dir is not None else None,
-            num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
+            write=write_barriers, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
             batch_size=cfg.train.eval_batch_size, executor=compute))
     if run_dir is not None:
         if cfg.output.save_client_models:
             hooks.append(CheckpointHook(run_dir))
         hooks.append(MetricsRecorder(run_dir))
+    if events is not None:
+        hooks.append(events)
     if progress:
         hooks.append(ProgressPrinter(cfg.train.rounds, first_round=completed_rounds + 1))
 
@@ -188,10 +195,29 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
                             global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients,
                             completed_rounds=completed_rounds, save_state=save_state,
-                            local=local_plan(cfg, run_dir))
-    strategy.start(grid=grid, initial_arrays=initial,
-                   num_rounds=cfg.train.rounds - completed_rounds,
-                   train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+                            local=local_plan(cfg, write_barriers))
+    try:
+        strategy.start(grid=grid, initial_arrays=initial,
+                       num_rounds=cfg.train.rounds - completed_rounds,
+                       train_config=ConfigRecord(), evaluate_config=ConfigRecord())
+    finally:
+        if events is not None:
+            events.close()
+
+
+def _barrier_writer(run_dir: RunDir | None, events: TensorBoardRecorder | None
+                    ) -> Callable[[dict[str, Any]], None] | None:
+    """What writes a barrier record: ``barriers.jsonl``, then the TensorBoard recorder."""
+    if run_dir is None:
+        return None
+    if events is None:
+        return run_dir.append_barriers
+
+    def write(record: dict[str, Any]) -> None:
+        run_dir.append_barriers(record)
+        events.barrier_written(record)
+
+    return write
 
 
 def measured_round(cfg: Config, server_round: int) -> bool:
@@ -200,13 +226,12 @@ def measured_round(cfg: Config, server_round: int) -> bool:
                                      or server_round == cfg.train.rounds)
 
 
-def local_plan(cfg: Config, run_dir: RunDir | None) -> LocalPlan | None:
-    """The clients' local barriers of this run (None when it measures none)."""
+def local_plan(cfg: Config, write: Callable[[dict[str, Any]], None] | None) -> LocalPlan | None:
+    """The clients' local barriers of this run (None when it measures none); ``write`` records them."""
     splits = local_splits(cfg)
     if not splits:
         return None
-    return LocalPlan(splits=splits, measured=lambda r: measured_round(cfg, r),
-                     write=run_dir.append_barriers if run_dir is not None else None)
+    return LocalPlan(splits=splits, measured=lambda r: measured_round(cfg, r), write=write)
 
 
 def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True,

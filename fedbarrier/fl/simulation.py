@@ -347,4 +347,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     if cfg.output.plots:
         from fedbarrier.plots import plot_run
 
-        plot_run(run_dir.path)
+        plots = plot_run(run_dir.path)
+        if cfg.output.tensorboard:
+            from fedbarrier.outputs.tensorboard import write_images
+
+            write_images(run_dir.path, plots, step=cfg.train.rounds)
