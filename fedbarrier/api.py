@@ -14,7 +14,6 @@ calling :func:`load_run` again.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,9 +152,8 @@ class Comparison:
         if not path.is_file():
             raise UserError(f"{str(self.path)!r} has no summary.csv yet: run "
                             f"python -m fedbarrier.compare {self.path}")
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        return pd.DataFrame(rows).apply(pd.to_numeric, errors="ignore") if rows else pd.DataFrame()
+        keys = {key for values in (self.grid or {}).values() for key in values}
+        return pd.read_csv(path, dtype={key: str for key in keys | {"strategy", "seed"}})
 
     def _labelled(self, name: str) -> pd.DataFrame:
         import pandas as pd

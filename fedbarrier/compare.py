@@ -31,6 +31,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import numpy as np
 
 from fedbarrier.config import Config, config_differences, from_dict, load_config, to_dict
 from fedbarrier.errors import RunAborted, UserError
+from fedbarrier.outputs.progress import live_display
 from fedbarrier.plots.records import full_se, full_value
 from fedbarrier.runtime.rundir import RunDir, read_jsonl, write_atomic
 
@@ -401,6 +403,28 @@ def _check_reusable(run: PlannedRun) -> None:
                         "comparison again or choose another --out")
 
 
+def _run_or_reuse(run: PlannedRun, number: str, *, force: bool, progress: bool) -> str | None:
+    """Run, resume or reuse one planned run; a description if it stopped early, else None."""
+    from fedbarrier.fl.simulation import resume_experiment, run_experiment
+
+    where = f"{run.strategy} seed {run.seed}" + (f" at {run.point.label}" if run.point.label else "")
+    if not force and run_finished(run.path) and (run.path / "metrics.jsonl").is_file():
+        if progress:
+            print(f"== {number} {where}: finished earlier, reused", flush=True)
+        return None
+    if progress:
+        print(f"== {number} {where} -> {run.path}", flush=True)
+    try:
+        if not force and (run.path / "config.toml").is_file():
+            resume_experiment(run.path, run.config, progress=progress)
+        else:
+            run_experiment(run.config, run.path, force=True, progress=progress)
+    except RunAborted as exc:  # a result (e.g. divergence), not a reason to stop the rest
+        print(f"== {where} stopped early: {exc}", file=sys.stderr, flush=True)
+        return f"{where} ({exc})"
+    return None
+
+
 def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: Path, *,
             force: bool = False, progress: bool = True,
             grid: dict[str, list[str]] | None = None) -> dict[str, list[Path]]:
@@ -410,8 +434,6 @@ def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: P
     interrupted one is resumed, missing ones run (``force``: every run starts again). Returns
     the runs by summary row: strategy, or ``<grid point>/<strategy>`` in a sweep.
     """
-    from fedbarrier.fl.simulation import resume_experiment, run_experiment
-
     grid = grid or {}
     planned = plan_configs(cfg, strategies, seeds, grid, out)
     if not force:
@@ -422,24 +444,18 @@ def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: P
     runs: dict[str, list[Path]] = {}
     values: dict[str, dict[str, str]] = {}
     stopped: list[str] = []
-    for number, run in enumerate(planned, 1):
-        runs.setdefault(run.group, []).append(run.path)
-        values[run.group] = run.point.values
-        where = f"{run.strategy} seed {run.seed}" + (f" at {run.point.label}" if run.point.label else "")
-        if not force and run_finished(run.path) and (run.path / "metrics.jsonl").is_file():
-            if progress:
-                print(f"== [{number}/{len(planned)}] {where}: finished earlier, reused", flush=True)
-            continue
-        if progress:
-            print(f"== [{number}/{len(planned)}] {where} -> {run.path}", flush=True)
-        try:
-            if not force and (run.path / "config.toml").is_file():
-                resume_experiment(run.path, run.config, progress=progress)
-            else:
-                run_experiment(run.config, run.path, force=True, progress=progress)
-        except RunAborted as exc:  # a result (e.g. divergence), not a reason to stop the rest
-            print(f"== {where} stopped early: {exc}", file=sys.stderr, flush=True)
-            stopped.append(f"{where} ({exc})")
+    with live_display() if progress else nullcontext() as display:
+        task = display.add("runs", total=len(planned)) if display is not None else None
+        for number, run in enumerate(planned, 1):
+            runs.setdefault(run.group, []).append(run.path)
+            values[run.group] = run.point.values
+            if display is not None and task is not None:
+                display.update(task, completed=number - 1, description=f"run {number}/{len(planned)}")
+            stop = _run_or_reuse(run, f"[{number}/{len(planned)}]", force=force, progress=progress)
+            if stop:
+                stopped.append(stop)
+        if display is not None and task is not None:
+            display.update(task, completed=len(planned))
     print(_write_summary(runs, out, values if grid else None))
     if stopped:
         raise RunAborted(f"{len(stopped)} of {len(planned)} runs stopped early: "

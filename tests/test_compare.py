@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import signal
+from dataclasses import replace
 
 import pytest
 
@@ -18,7 +21,7 @@ from fedbarrier.compare import (
     summarize_folder,
 )
 from fedbarrier.config import load_config
-from fedbarrier.errors import RunAborted, UserError
+from fedbarrier.errors import RunAborted, RunInterrupted, UserError
 from tests.conftest import TINY
 
 
@@ -181,12 +184,136 @@ def test_module_entry_point(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_runs_strategies_on_identical_partitions(tmp_path):
+def test_compare_sweeps_a_grid_on_identical_partitions_and_a_rerun_reuses_every_run(tmp_path):
     cfg = load_config(None, TINY + ["train.rounds=1"])
-    runs = compare(cfg, ["fedavg", "local"], [0], tmp_path / "cmp", progress=False)
-    partitions = [(runs[s][0] / "partition.json").read_text() for s in ("fedavg", "local")]
-    assert partitions[0] == partitions[1]
-    for name in ("summary.md", "summary.csv", "accuracy.png", "per_layer_barriers.png"):
-        assert (tmp_path / "cmp" / name).stat().st_size > 0
-    with pytest.raises(UserError, match="already holds results"):
-        compare(cfg, ["fedavg"], [0], tmp_path / "cmp", progress=False)
+    out = tmp_path / "cmp"
+    runs = compare(cfg, ["fedavg", "local"], [0], out, progress=False,
+                   grid={"data.alpha": ["0.5", "5.0"]})
+    assert sorted(runs) == ["data.alpha=0.5/fedavg", "data.alpha=0.5/local",
+                            "data.alpha=5.0/fedavg", "data.alpha=5.0/local"]
+    partition = {key: (paths[0] / "partition.json").read_text() for key, paths in runs.items()}
+    assert partition["data.alpha=0.5/fedavg"] == partition["data.alpha=0.5/local"]
+    assert partition["data.alpha=0.5/fedavg"] != partition["data.alpha=5.0/fedavg"]
+    assert load_config(runs["data.alpha=5.0/local"][0] / "config.toml").data.alpha == 5.0
+    for name in ("summary.md", "summary.csv"):
+        assert (out / name).stat().st_size > 0
+    for point in ("data.alpha=0.5", "data.alpha=5.0"):
+        for name in ("summary.md", "accuracy.png", "per_layer_barriers.png"):
+            assert (out / point / name).stat().st_size > 0
+    summary = (out / "summary.csv").read_text()
+    assert summary.splitlines()[0].startswith("data.alpha,strategy,seed,finished,")
+    modified = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    compare(cfg, ["fedavg", "local"], [0], out, progress=False, grid={"data.alpha": ["0.5", "5.0"]})
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == modified  # reused
+    assert (out / "summary.csv").read_text() == summary
+    with pytest.raises(UserError, match=r"different config \(differs in train.rounds\)"):
+        compare(replace(cfg, train=replace(cfg.train, rounds=2)), ["fedavg"], [0], out,
+                progress=False, grid={"data.alpha": ["0.5"]})
+
+
+class FakeRuns:
+    """run_experiment / resume_experiment that write a two-round fake run whose numbers depend
+    on (strategy, seed, alpha); ``interrupt_at`` = n stops the n-th new run after its round 0."""
+
+    def __init__(self, monkeypatch, interrupt_at=None):
+        from fedbarrier.fl import simulation
+
+        self.started, self.resumed, self.interrupt_at = [], [], interrupt_at
+        monkeypatch.setattr(simulation, "run_experiment", self.run)
+        monkeypatch.setattr(simulation, "resume_experiment", self.resume)
+
+    @staticmethod
+    def write(cfg, out, whole=True):
+        import shutil
+
+        from fedbarrier.config import to_toml
+
+        shutil.rmtree(out, ignore_errors=True)
+        score = 10 * cfg.data.alpha + cfg.seed + (5 if cfg.strategy.name == "local" else 0)
+        fake_run(out, [score, score + 1], [score + 2, score + 3], score / 100)
+        (out / "config.toml").write_text(to_toml(cfg))
+        if not whole:  # killed after round 0
+            first = (out / "metrics.jsonl").read_text().splitlines()[0]
+            (out / "metrics.jsonl").write_text(first + "\n")
+
+    def run(self, cfg, out, *, force, progress):
+        self.started.append((cfg.strategy.name, cfg.seed, cfg.data.alpha))
+        whole = len(self.started) != self.interrupt_at
+        self.write(cfg, out, whole)
+        if not whole:
+            raise RunInterrupted(signal.SIGINT)
+
+    def resume(self, path, check, *, progress):
+        assert load_config(path / "config.toml") == check
+        self.resumed.append((check.strategy.name, check.seed, check.data.alpha))
+        self.write(check, path)
+
+
+SWEEP = {"strategies": ["fedavg", "local"], "seeds": [0, 1], "grid": {"data.alpha": ["0.1", "1.0"]}}
+
+
+def test_an_interrupted_sweep_run_again_finishes_with_each_run_once(tmp_path, monkeypatch):
+    cfg = load_config(None, TINY)
+    fake = FakeRuns(monkeypatch, interrupt_at=5)
+    out = tmp_path / "cmp"
+    with pytest.raises(RunInterrupted):
+        compare(cfg, SWEEP["strategies"], SWEEP["seeds"], out, progress=False, grid=SWEEP["grid"])
+    assert len(fake.started) == 5  # seed 0's four runs, then seed 1's first, stopped
+    fake.started.clear()
+    runs = compare(cfg, SWEEP["strategies"], SWEEP["seeds"], out, progress=False, grid=SWEEP["grid"])
+    assert fake.resumed == [("fedavg", 1, 0.1)]  # the interrupted one, resumed
+    assert fake.started == [("local", 1, 0.1), ("fedavg", 1, 1.0), ("local", 1, 1.0)]  # the rest
+    assert sum(len(paths) for paths in runs.values()) == 8
+    assert len(list(out.rglob("metrics.jsonl"))) == 8
+
+    FakeRuns(monkeypatch)
+    compare(cfg, SWEEP["strategies"], SWEEP["seeds"], tmp_path / "whole", progress=False,
+            grid=SWEEP["grid"])
+    for name in ("summary.csv", "summary.md"):
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text()
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["data.alpha"], r["strategy"], r["seed"]) for r in rows] == [
+        (a, s, seed) for a in ("0.1", "1.0") for s in ("fedavg", "local") for seed in ("0", "1")]
+    assert "| data.alpha | strategy | seeds |" in (out / "summary.md").read_text()
+    # the folder summarizes again without running, and loads as a comparison
+    assert summarize_folder(out).keys() == runs.keys()
+    from fedbarrier.api import load_comparison
+
+    loaded = load_comparison(out)
+    assert set(loaded.metrics["data.alpha"]) == {"0.1", "1.0"} and len(loaded.summary) == 8
+    assert set(loaded.barriers["strategy"]) == {"fedavg", "local"}
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["data.alpha"], "must look like section.key=value1,value2"),
+    (["data.alpha=0.1", "data.alpha=0.5"], "data.alpha is given twice"),
+    (["seed=1,2"], "vary it with --seeds"),
+    (["strategy.name=fedavg,local"], "vary it with --strategies"),
+    (["data.alpha=0.1,0.1"], "repeats a value"),
+    (["data.alpha=0.1,"], "values must be non-empty"),
+    (["data.alpha=a/b"], "hold no '/'"),
+])
+def test_bad_grid_specs_are_one_line_errors(grid, message):
+    from fedbarrier.compare import parse_grid
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_grid(grid)
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"data.alpha": ["0.5", "-1"]}, "--grid data.alpha=-1: "),
+    ({"data.nope": ["1"]}, "--grid data.nope=1: "),
+    ({"train.rounds": ["2", "x"]}, "--grid train.rounds=x: "),
+])
+def test_bad_grid_values_stop_before_anything_runs(tmp_path, monkeypatch, grid, message):
+    fake = FakeRuns(monkeypatch)
+    with pytest.raises(UserError, match=re.escape(message)):
+        compare(load_config(None, TINY), ["fedavg"], [0], tmp_path / "cmp", progress=False, grid=grid)
+    assert fake.started == [] and not (tmp_path / "cmp").exists()
+
+
+def test_split_on_commas_outside_brackets():
+    from fedbarrier.compare import parse_grid
+
+    assert parse_grid(['barriers.splits=["test"],["train","test"]']) == {
+        "barriers.splits": ['["test"]', '["train","test"]']}

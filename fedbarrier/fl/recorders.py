@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from fedbarrier.fl.round import RoundRecord
 from fedbarrier.measure.hook import ClientModels
+from fedbarrier.outputs.progress import Display, active_display, latest_text
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
 
 
@@ -112,3 +113,29 @@ class ProgressPrinter:
             eta = elapsed / (r - self.first_round + 1) * (self.num_rounds - r)
             parts.append(f"{values.get('wall_seconds', 0.0):.1f}s  ETA {eta:.0f}s")
         return "  ".join(parts)
+
+
+class LiveRounds:
+    """The run's bar in the live display: round n/N, ETA, the latest accuracy and barrier."""
+
+    def __init__(self, display: Display, num_rounds: int, first_round: int = 1, label: str = "") -> None:
+        self.display = display
+        self.label = label or "rounds"
+        self.task = display.add(self.label, total=num_rounds, completed=first_round - 1)
+
+    def before_aggregation(self, models: ClientModels) -> None:
+        return None
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.display.update(self.task, completed=record.round, latest=latest_text(record.to_json()))
+
+    def close(self) -> None:
+        self.display.finish(self.task)
+
+
+def progress_hook(num_rounds: int, first_round: int, label: str = "") -> LiveRounds | ProgressPrinter:
+    """A bar in the open live display (on a terminal), else one plain line per round."""
+    display = active_display()
+    if display is None:
+        return ProgressPrinter(num_rounds, first_round=first_round)
+    return LiveRounds(display, num_rounds, first_round, label)

@@ -26,7 +26,7 @@ from fedbarrier.fl.protocol import (
     BarrierListener,
     ResumableStrategy,
 )
-from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, ProgressPrinter, TensorBoardRecorder
+from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, TensorBoardRecorder, progress_hook
 from fedbarrier.fl.round import LocalPlan, RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
 from fedbarrier.measure.hook import BarrierHook
@@ -177,7 +177,8 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
     if events is not None:
         hooks.append(events)
     if progress:
-        hooks.append(ProgressPrinter(cfg.train.rounds, first_round=completed_rounds + 1))
+        hooks.append(progress_hook(cfg.train.rounds, first_round=completed_rounds + 1,
+                                   label=run_dir.path.name if run_dir is not None else ""))
 
     inner = build_strategy(cfg.strategy, cfg.data.num_clients, groups)
     resumable = isinstance(inner, ResumableStrategy)
@@ -201,8 +202,10 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
                        num_rounds=cfg.train.rounds - completed_rounds,
                        train_config=ConfigRecord(), evaluate_config=ConfigRecord())
     finally:
-        if events is not None:
-            events.close()
+        for hook in hooks:  # TensorBoard's writer, the progress bar
+            close = getattr(hook, "close", None)
+            if callable(close):
+                close()
 
 
 def _barrier_writer(run_dir: RunDir | None, events: TensorBoardRecorder | None

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from fedbarrier.config import Config, config_differences, load_config, to_toml
 from fedbarrier.data.federation import federation, share_data
 from fedbarrier.errors import UserError
 from fedbarrier.fl.protocol import ModelCheck
+from fedbarrier.outputs.progress import live_display
 from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
 from fedbarrier.runtime.process_tuning import frozen_heap
 from fedbarrier.runtime.rundir import CLIENTS_DIR, RunDir, environment_info
@@ -328,7 +329,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
                 warnings.catch_warnings(), frozen_heap(), fast_dispatch(), \
-                graceful_stop(on_request=_silence_engine):
+                graceful_stop(on_request=_silence_engine), \
+                (live_display() if progress else nullcontext()):
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide
             # GPUs from CPU-only clients) is the one we want, so the tip is noise here.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
