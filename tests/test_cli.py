@@ -173,3 +173,40 @@ def test_a_flower_without_run_simulation_is_one_line_pointing_to_flwr_run(tmp_pa
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "has no flwr.simulation.run_simulation" in done.stderr and "`flwr run .`" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("grid, fragment", [
+    (["data.alpha=0.1,-1"], "--grid data.alpha=-1: data.alpha = -1.0 must be > 0"),
+    (["train.nope=1,2"], "--grid train.nope=1: unknown key 'train.nope'"),
+    (["seed=1,2"], "--grid seed: vary it with --seeds"),
+    (["data.alpha"], "must look like section.key=value1,value2"),
+])
+def test_a_bad_grid_is_one_line_exit_2_before_anything_runs(tmp_path, capsys, grid, fragment):
+    args = ["compare", QUICKSTART, "--strategies", "fedavg", "--out", str(tmp_path / "cmp")]
+    result = fedbarrier_here(capsys, *args, *[f"--grid={g}" for g in grid])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_export_writes_tidy_tables_and_names_a_bad_folder(tmp_path, capsys, monkeypatch):
+    import csv
+    import json
+
+    from tests.test_tables import LOCAL, SERVER
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 0, "global_test_accuracy": 10.0}) + "\n")
+    (run / "barriers.jsonl").write_text(json.dumps(SERVER) + "\n" + json.dumps(LOCAL) + "\n")
+    result = fedbarrier_here(capsys, "export", str(run))
+    assert result.returncode == 0
+    assert result.stdout.split() == [str(run / "tables" / f"{n}.csv")
+                                     for n in ("metrics", "barriers", "distances")]
+    rows = list(csv.DictReader((run / "tables" / "barriers.csv").open()))
+    assert {r["split"] for r in rows} == {"test", "local-test"} and rows[0]["family"] == "full"
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
+    result = fedbarrier_here(capsys, "export", str(run), "--format", "parquet")
+    assert result.returncode == 2 and "needs pyarrow: pip install pyarrow" in result.stderr
+    result = fedbarrier_here(capsys, "export", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "is not a run directory" in result.stderr
