@@ -184,6 +184,12 @@ class BarrierConfig:
     share_activations: bool = _f(True, "reuse activations of models that share first layers")
     distances: bool = _f(True, "record layer distances")
     overlap: bool = _f(True, "measure while the clients evaluate (false: block before aggregating)")
+    align: str = _f("none", "also measure every server-side barrier after permutation alignment "
+                    "(Git Re-Basin weight matching) of each client's model to a reference",
+                    choices=("none", "weight-matching"))
+    align_reference: str = _f("largest", "what models are aligned to: the client with the largest "
+                              "weight ('largest') or the model the server sent this round ('global')",
+                              choices=("largest", "global"))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class Stream(IntEnum):
     SUBSPACE = 17  # (..., draw, kind): `analyze subspace` noise
     SUBSET = 29  # (0 = train, 1 = test): data.train_size / data.test_size subsets
     LOCAL_SAMPLE = 23  # (client, 0 = local-train, 1 = local-test): a client's local barrier sample
+    ALIGNMENT = 31  # (round): the order in which weight matching visits the permutations
 
 
 def derive_seed(*parts: int) -> int:

@@ -5,7 +5,7 @@ hooks, as Flower's own FedProx does). ``build_strategy`` turns the config into o
 hook is attached around it by ``fedbarrier.fl.adapter.Instrumented``, so every strategy gets
 barrier measurement without knowing about it.
 
-Names: ``fedavg``, ``fedper``, ``lg-fedavg``, ``shallow:K``, ``deep:K``, ``layers`` (with
+Names: ``fedavg``, ``aligned-fedavg`` (weight-matched averaging), ``fedper``, ``lg-fedavg``, ``shallow:K``, ``deep:K``, ``layers`` (with
 ``[strategy] layers``), ``local``, ``barrier-aware``, ``feddc``, ``periodic``, ``dynamic``,
 ``radon``, ``minibatch-sgd``, or a plug-in ``package.module:ClassName``
 (a file dropped into this folder is ``strategies.<file>:<Class>``). A plug-in class receives
@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from fedbarrier.config import StrategyConfig
 from fedbarrier.errors import UserError
 from fedbarrier.measure.layers import LayerGroups, select_layers
+from strategies.aligned import AlignedFedAvg
 from strategies.barrier_aware import BarrierAwareFedAvg, LocalBarrierAware
 from strategies.dynamic import DynamicAveraging
 from strategies.feddc import FedDC
@@ -31,7 +32,7 @@ from strategies.layerwise import LayerwiseFedAvg, preset_layers
 from strategies.minibatch import MinibatchSGD
 from strategies.radon import RadonMachine
 
-PRESETS = ("fedavg", "fedper", "lg-fedavg", "local", "layers", "shallow:K", "deep:K",
+PRESETS = ("fedavg", "aligned-fedavg", "fedper", "lg-fedavg", "local", "layers", "shallow:K", "deep:K",
            "barrier-aware", "feddc", "periodic", "dynamic", "radon", "minibatch-sgd",
            "package.module:ClassName")
 _PLUGIN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -77,6 +78,8 @@ def build_strategy(cfg: StrategyConfig, num_clients: int, groups: LayerGroups) -
     kwargs = sampling_kwargs(cfg, num_clients)
     if name == "fedavg":
         return FedAvg(**kwargs)  # type: ignore[arg-type]
+    if name == "aligned-fedavg":
+        return AlignedFedAvg(**kwargs)
     if name == "barrier-aware" and cfg.barrier_rule == "local":
         return LocalBarrierAware(**kwargs)  # type: ignore[arg-type]
     if name == "barrier-aware":

@@ -75,3 +75,34 @@ def test_a_failed_background_measurement_is_raised_by_its_future(compute):
     future = make_hook(True, broken, compute).before_aggregation(client_models())
     with pytest.raises(RuntimeError, match="no train data"):
         future.result(timeout=60)
+
+
+def test_aligned_barriers_vanish_between_a_model_and_its_permuted_copy():
+    """B is A with its hidden units permuted (the same function): unaligned, averaging A and B
+    mixes unrelated units; aligned, B becomes A and every barrier is exactly 0."""
+    from fedbarrier.measure.alignment import apply_permutation, permutation_spec
+
+    model = build_model("cnn", SHAPE, 4)
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    spec = permutation_spec("cnn", a)
+    g = torch.Generator().manual_seed(3)
+    b = apply_permutation(spec, {n: torch.randperm(size, generator=g) for n, size in spec.sizes.items()}, a)
+    records = []
+    cfg = BarrierConfig(n=0, curve_points=3, align="weight-matching", splits=("test",))
+    hook = BarrierHook(cfg, model=model, groups=layer_groups(model, torch.zeros(2, *SHAPE)),
+                       stages=model_stages(model), sample=data, write=records.append, num_rounds=1,
+                       seed=0, device=torch.device("cpu"), spec=spec)
+    values = hook.before_aggregation(ClientModels(server_round=1, client_ids=[4, 9], states=[a, b],
+                                                  num_examples=[30, 10], received=None))
+    [rec] = records
+    assert rec["aligned"]["aligned_to"] == 4  # the largest weight
+    # unaligned, the two are far apart and averaging them changes the function
+    assert rec["distances"]["model"]["pairwise_l2"] > 1.0 and abs(rec["full"]["loss"]) > 1e-3
+    for metric in ("loss", "error"):
+        assert rec["aligned"]["full"][metric] == pytest.approx(0.0, abs=1e-6)
+        for summary in rec["aligned"]["per_layer"][metric].values():
+            assert summary["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert rec["aligned"]["distances"]["model"]["pairwise_l2"] == pytest.approx(0.0, abs=1e-6)
+    assert values["barrier_full_aligned_test_loss"] == rec["aligned"]["full"]["loss"]
+    assert values["barrier_seconds_align"] > 0
+    assert "endpoint" not in rec["aligned"]  # the endpoints are the record's: functions are kept

@@ -29,6 +29,7 @@ from fedbarrier.fl.protocol import (
 from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, TensorBoardRecorder, progress_hook
 from fedbarrier.fl.round import LocalPlan, RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
+from fedbarrier.measure.alignment import permutation_spec
 from fedbarrier.measure.hook import BarrierHook
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
@@ -159,7 +160,10 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         return compute.submit(evaluate_global, server_round, state)
 
     hooks: list[RoundHook] = []
-    events = (TensorBoardRecorder(run_dir, config_text=to_toml(cfg), splits=cfg.barriers.splits,
+    aligned_splits = ([f"{s}-aligned" for s in cfg.barriers.splits if s in SERVER_SPLITS]
+                      if cfg.barriers.align != "none" else [])
+    events = (TensorBoardRecorder(run_dir, config_text=to_toml(cfg),
+                                  splits=[*cfg.barriers.splits, *aligned_splits],
                                   completed_rounds=completed_rounds)
               if run_dir is not None and cfg.output.tensorboard else None)
     write_barriers = _barrier_writer(run_dir, events)
@@ -169,7 +173,9 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
             cfg.barriers, model=barrier_model, groups=groups, stages=model_stages(barrier_model),
             sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
             write=write_barriers, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
-            batch_size=cfg.train.eval_batch_size, executor=compute))
+            batch_size=cfg.train.eval_batch_size, executor=compute,
+            spec=(permutation_spec(cfg.model.name, barrier_model.state_dict())
+                  if cfg.barriers.align != "none" else None)))
     if run_dir is not None:
         if cfg.output.save_client_models:
             hooks.append(CheckpointHook(run_dir))

@@ -83,6 +83,10 @@ def preflight(cfg: Config) -> None:
         strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
     if isinstance(strategy, ModelCheck):
         strategy.check_model({k: tuple(v.shape) for k, v in initial_state(cfg).items()})
+    if cfg.barriers.align != "none" or cfg.strategy.name == "aligned-fedavg":
+        from fedbarrier.measure.alignment import permutation_spec
+
+        permutation_spec(cfg.model.name, initial_state(cfg))  # a model it cannot permute: UserError
     if cfg.data.test_fraction == 0 and cfg.strategy.fraction_evaluate > 0:
         raise UserError("data.test_fraction = 0 leaves clients no local test part; set "
                         "strategy.fraction_evaluate = 0 too")

@@ -22,7 +22,7 @@ contiguous blocks of ``k`` (channel-major flatten), which is how ``cnn``'s ``fc1
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +145,15 @@ def permutation_spec(model_name: str, state_dict: StateDict) -> PermutationSpec:
     return sequential_spec(state_dict)
 
 
+def spec_from_state(state_dict: StateDict) -> PermutationSpec:
+    """The spec of a supported model recognized by its keys: a ResNet (``layer1.0.conv1.weight``)
+    or a chain of layers (the other supported models). For code that has a state dict but not the
+    model's name (a strategy)."""
+    if "layer1.0.conv1.weight" in state_dict:
+        return resnet_spec(state_dict)
+    return sequential_spec(state_dict)
+
+
 def identity_perms(spec: PermutationSpec) -> Perms:
     """The identity permutation of every unit group of ``spec``."""
     return {name: torch.arange(size) for name, size in spec.sizes.items()}
@@ -221,6 +230,24 @@ def align(
     spec = permutation_spec(model_name, reference)
     perms = weight_matching(spec, reference, other, max_iter=max_iter, seed=seed)
     return apply_permutation(spec, perms, other), perms
+
+
+def align_states(
+    spec: PermutationSpec,
+    reference: StateDict,
+    states: Sequence[StateDict],
+    seed: int = 0,
+) -> list[dict[str, torch.Tensor]]:
+    """Every model of ``states`` permuted to match ``reference`` (the reference itself, if it is
+    one of them, stays as it is). Each aligned model computes the same function as before."""
+    aligned = []
+    for state in states:
+        if state is reference:
+            aligned.append(dict(state))
+            continue
+        perms = weight_matching(spec, reference, state, seed=seed)
+        aligned.append(apply_permutation(spec, perms, state))
+    return aligned
 
 
 def _assignment_gain(

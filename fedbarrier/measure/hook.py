@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedbarrier.config import SERVER_SPLITS, BarrierConfig
+from fedbarrier.measure.alignment import PermutationSpec, align_states
 from fedbarrier.measure.barriers import layer_distances, measure_barriers
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import LayerGroups, Stage
@@ -101,8 +102,10 @@ class BarrierHook:
         device: torch.device,
         batch_size: int = 1000,
         executor: Executor | None = None,
+        spec: PermutationSpec | None = None,
     ) -> None:
         self.cfg = cfg
+        self.spec = spec  # with cfg.align: how the model's hidden units may be permuted
         self.executor = executor  # where measurements run (None: in the caller's thread)
         self.model = model
         self.groups = groups
@@ -146,17 +149,28 @@ class BarrierHook:
         distances = (layer_distances(models.states, models.num_examples, self.groups,
                                      reference=models.sent or models.received)
                      if self.cfg.distances else None)
+        aligned = self._aligned(models)
         summary: dict[str, Any] = {}
+        if aligned is not None:
+            summary["barrier_seconds_align"] = aligned["seconds"]
         for split in [s for s in self.cfg.splits if s in SERVER_SPLITS]:
             x, y = self.sample(split, ids)
             record = {"round": models.server_round, "split": split, "clients": ids,
                       "num_examples": models.num_examples,
-                      **measure_record(self.cfg, self.model, self.groups, self.stages,
-                                       models.states, models.num_examples, x, y,
-                                       defaults=defaults, seed=self.seed, device=self.device,
-                                       batch_size=self.batch_size),
+                      **self._measure(models.states, models.num_examples, x, y, defaults),
                       "distances": distances}
             record["default_clients"] = [ids[d] for d in record["defaults"]]
+            if aligned is not None:
+                start = time.perf_counter()
+                values = self._measure(aligned["states"], models.num_examples, x, y, defaults)
+                for key in ("n", "families", "share_activations", "layers", "weights", "defaults",
+                            "endpoint", "seconds"):  # as the record's: alignment keeps functions
+                    values.pop(key, None)
+                record["aligned"] = {"aligned_to": aligned["reference"], **values,
+                                     "distances": aligned["distances"]}
+                record["seconds"] += time.perf_counter() - start
+                for metric, value in values["full"].items():
+                    summary[f"barrier_full_aligned_{split}_{metric}"] = value
             if self.write is not None:
                 self.write(record)
             for listener in self.listeners:
@@ -165,3 +179,26 @@ class BarrierHook:
                 summary[f"barrier_full_{split}_{metric}"] = value
             summary[f"barrier_seconds_{split}"] = record["seconds"]
         return summary
+
+    def _measure(self, states: Sequence[dict[str, torch.Tensor]], weights: Sequence[int],
+                 x: torch.Tensor, y: torch.Tensor, defaults: list[int] | None) -> dict[str, Any]:
+        return measure_record(self.cfg, self.model, self.groups, self.stages, states, weights, x, y,
+                              defaults=defaults, seed=self.seed, device=self.device,
+                              batch_size=self.batch_size)
+
+    def _aligned(self, models: ClientModels) -> dict[str, Any] | None:
+        """The clients' models permuted to the reference (``cfg.align``), once per round."""
+        if self.cfg.align == "none" or self.spec is None:
+            return None
+        start = time.perf_counter()
+        if self.cfg.align_reference == "global" and models.received is not None:
+            reference, label = models.received, "global"
+        else:  # the largest weight; the first such client on ties
+            index = int(np.argmax(models.num_examples))
+            reference, label = models.states[index], models.client_ids[index]
+        states = align_states(self.spec, reference, models.states,
+                              seed=derive_seed(self.seed, Stream.ALIGNMENT, models.server_round))
+        distances = (layer_distances(states, models.num_examples, self.groups, reference=None)
+                     if self.cfg.distances else None)
+        return {"reference": label, "states": states, "distances": distances,
+                "seconds": time.perf_counter() - start}

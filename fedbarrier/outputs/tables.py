@@ -10,6 +10,8 @@ column     meaning
 round      the round
 split      ``train``/``test`` (server-side) or ``local-train``/``local-test`` (each client on its data)
 side       ``server`` or ``local``
+aligned    True for the values after permutation alignment (``barriers.align``; server-side only:
+           the record's ``aligned`` part), False otherwise
 metric     ``loss`` or ``error`` (percentage points)
 family     ``full``, ``per_layer``, ``shallow``, ``deep``, ``window``, ``random<r>``, ``curve``,
            ``endpoint`` (each model's own value), ``reference`` (E = sum_k p_k L(theta_k))
@@ -39,13 +41,13 @@ from typing import Any
 
 import pandas as pd
 
-from fedbarrier.plots.records import client_ids, client_value, is_local, local_mean_se, num
+from fedbarrier.plots.records import aligned_record, client_ids, client_value, is_local, local_mean_se, num
 
 Record = Mapping[str, Any]
 
-BARRIER_COLUMNS = ["round", "split", "side", "metric", "family", "layer_set", "k", "alpha",
+BARRIER_COLUMNS = ["round", "split", "side", "aligned", "metric", "family", "layer_set", "k", "alpha",
                    "client", "stat", "value", "se"]
-DISTANCE_COLUMNS = ["round", "scope", "quantity", "client", "value"]
+DISTANCE_COLUMNS = ["round", "aligned", "scope", "quantity", "client", "value"]
 LOCAL_STATS = ("mean", "max", "q10", "q50", "q90")
 ALL_LAYERS = "all"
 
@@ -85,7 +87,15 @@ def barrier_table(records: Iterable[Record]) -> pd.DataFrame:
     Skipped measurements (``{"round", "split", "skipped"}``) have no numbers and no rows; the raw
     scores under ``evaluated`` are the inputs of these numbers, not rows (docs/records.md).
     """
-    rows = [row for rec in records if "skipped" not in rec for row in _record_rows(rec)]
+    rows = []
+    for rec in records:
+        if "skipped" in rec:
+            continue
+        rows += _record_rows(rec)
+        if isinstance(rec.get("aligned"), Mapping):  # endpoints and E are the unaligned ones
+            rows += [{**row, "split": rec["split"], "aligned": True}
+                     for row in _record_rows(aligned_record(rec))
+                     if row["family"] not in ("endpoint", "reference")]
     frame = pd.DataFrame(rows, columns=BARRIER_COLUMNS)
     for column in ("round", "k", "client"):
         frame[column] = frame[column].astype("Int64")
@@ -98,24 +108,29 @@ def distance_table(records: Iterable[Record]) -> pd.DataFrame:
     """The distances of every measured round, once per round (each split's record repeats them).
 
     ``scope`` is a layer or ``model``; ``quantity`` one of ``l2_to_avg``, ``cos_to_avg``,
-    ``drift`` (one row per client) or ``pairwise_l2``, ``pairwise_cos`` (client empty).
+    ``drift`` (one row per client) or ``pairwise_l2``, ``pairwise_cos`` (client empty);
+    ``aligned`` rows are the distances after permutation alignment.
     """
     rows: list[dict[str, Any]] = []
     seen: set[int] = set()
     for rec in records:
-        distances = rec.get("distances")
-        if is_local(rec) or not isinstance(distances, Mapping) or rec["round"] in seen:
+        if is_local(rec) or rec.get("round") in seen:
             continue
         seen.add(rec["round"])
         clients = list(rec.get("clients") or [])
-        for scope, entry in distances.items():
-            for quantity, value in entry.items():
-                if isinstance(value, list):
-                    rows += [{"round": rec["round"], "scope": scope, "quantity": quantity,
-                              "client": cid, "value": num(v)} for cid, v in zip(clients, value)]
-                else:
-                    rows.append({"round": rec["round"], "scope": scope, "quantity": quantity,
-                                 "client": None, "value": num(value)})
+        aligned = rec.get("aligned") if isinstance(rec.get("aligned"), Mapping) else {}
+        for is_aligned, distances in ((False, rec.get("distances")), (True, aligned.get("distances"))):
+            if not isinstance(distances, Mapping):
+                continue
+            base = {"round": rec["round"], "aligned": is_aligned}
+            for scope, entry in distances.items():
+                for quantity, value in entry.items():
+                    if isinstance(value, list):
+                        rows += [{**base, "scope": scope, "quantity": quantity, "client": cid,
+                                  "value": num(v)} for cid, v in zip(clients, value)]
+                    else:
+                        rows.append({**base, "scope": scope, "quantity": quantity, "client": None,
+                                     "value": num(value)})
     frame = pd.DataFrame(rows, columns=DISTANCE_COLUMNS)
     for column in ("round", "client"):
         frame[column] = frame[column].astype("Int64")
@@ -125,7 +140,8 @@ def distance_table(records: Iterable[Record]) -> pd.DataFrame:
 
 def _record_rows(rec: Record) -> Iterator[dict[str, Any]]:
     local = is_local(rec)
-    base = {"round": rec["round"], "split": rec["split"], "side": "local" if local else "server"}
+    base = {"round": rec["round"], "split": rec["split"], "side": "local" if local else "server",
+            "aligned": False}
     sets = _layer_sets(rec)
     for family, metric, layer_set, k, entry in _families(rec, sets):
         where = {**base, "metric": metric, "family": family, "layer_set": layer_set, "k": k}

@@ -8,6 +8,7 @@ heatmaps images. Tags are grouped so that TensorBoard shows one section per fami
   every numeric key of a round's record (``accuracy/global_test_accuracy``,
   ``communication/bytes_sent``, ``round_barrier/barrier_full_test_loss``, ...);
 - ``barrier_full/<split>_<metric>`` (and ``barrier_full_se/...``): the server-side full barrier;
+  with ``barriers.align`` the aligned values have split ``<split>-aligned`` in every server tag;
 - ``barrier_<family>_<split>_<metric>/<NN>_<layer set>``: per-layer and cumulative barriers, the mean
   over default clients, one tag per layer set (``barrier_per_layer_test_loss/02_fc1``,
   ``barrier_shallow_test_loss/03_+fc1``: the first 3 layers, fc1 the last to join);
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedbarrier.plots.records import is_local, layer_order, num
+from fedbarrier.plots.records import aligned_record, is_local, layer_order, num
 
 FOLDER = "tensorboard"
 SERVER_FAMILIES = ("per_layer", "shallow", "deep")
@@ -72,6 +73,8 @@ def round_scalars(metrics: Record | None, barriers: Iterable[Record]) -> dict[st
         if "skipped" in rec:
             continue
         out.update(_local_scalars(rec) if is_local(rec) else _server_scalars(rec))
+        if isinstance(rec.get("aligned"), Mapping):  # tags of split "<split>-aligned"
+            out.update(_server_scalars(aligned_record(rec)))
     return out
 
 

@@ -118,3 +118,12 @@ def full_se(rec: Record, metric: str) -> float:
         return local_mean_se(rec, "full", metric)
     se = rec.get("full_se")
     return num(se.get(metric)) if isinstance(se, Mapping) else math.nan
+
+
+def aligned_record(rec: Record) -> Record:
+    """A server-side record's values after permutation alignment (``barriers.align``), as a record
+    of split ``<split>-aligned``: the record with its ``aligned`` part in place of the unaligned
+    values (endpoints and the reference E are the same: alignment keeps each model's function)."""
+    aligned = rec.get("aligned") or {}
+    return {**{k: v for k, v in rec.items() if k != "aligned"}, **aligned,
+            "split": f"{rec['split']}-aligned"}

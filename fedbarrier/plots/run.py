@@ -28,7 +28,16 @@ from fedbarrier.plots.drawing import DIVERGING, _heat_size, _heatmap, _save, _sy
 from fedbarrier.plots.drawing import DPI as DPI  # re-exported
 from fedbarrier.plots.drawing import MAX_XTICKS as MAX_XTICKS  # re-exported
 from fedbarrier.plots.local import plot_adopted_layers, plot_local_clients
-from fedbarrier.plots.records import barrier_unit, full_se, full_value, is_local, layer_order, num, safe_name
+from fedbarrier.plots.records import (
+    aligned_record,
+    barrier_unit,
+    full_se,
+    full_value,
+    is_local,
+    layer_order,
+    num,
+    safe_name,
+)
 from fedbarrier.runtime.rundir import BARRIERS_FILE, METRICS_FILE, read_jsonl
 
 KNOWN_METRICS = ("loss", "error")
@@ -73,8 +82,8 @@ _num, _safe, _unit = num, safe_name, barrier_unit  # the names the comparison pl
 
 
 def _split_order(split: str) -> tuple[bool, bool, str]:
-    """Server splits before local ones; within each, the training data first."""
-    return is_local(split), split.removeprefix("local-") != "train", split
+    """Server splits before local ones; within each, the training data first (aligned after)."""
+    return is_local(split), split.removeprefix("local-").removesuffix("-aligned") != "train", split
 
 
 def _by_split(records: list[Record]) -> dict[str, list[Record]]:
@@ -86,6 +95,8 @@ def _by_split(records: list[Record]) -> dict[str, list[Record]]:
     for rec in records:
         if isinstance(rec.get("round"), int) and rec.get("split"):
             latest[(str(rec["split"]), rec["round"])] = rec
+            if isinstance(rec.get("aligned"), dict):  # drawn as a split of its own, beside it
+                latest[(f"{rec['split']}-aligned", rec["round"])] = aligned_record(rec)
     out: dict[str, list[Record]] = {}
     for (split, _), rec in sorted(latest.items(), key=lambda kv: (_split_order(kv[0][0]), kv[0][1])):
         out.setdefault(split, []).append(rec)
