@@ -5,7 +5,8 @@ hooks, as Flower's own FedProx does). ``build_strategy`` turns the config into o
 hook is attached around it by ``fedbarrier.fl.adapter.Instrumented``, so every strategy gets
 barrier measurement without knowing about it.
 
-Names: ``fedavg``, ``aligned-fedavg`` (weight-matched averaging), ``fedper``, ``lg-fedavg``, ``shallow:K``, ``deep:K``, ``layers`` (with
+Names: ``fedavg``, ``aligned-fedavg`` (weight-matched averaging), ``fedper``, ``lg-fedavg``,
+``shallow:K``, ``deep:K``, ``layers`` (with
 ``[strategy] layers``), ``local``, ``barrier-aware``, ``feddc``, ``periodic``, ``dynamic``,
 ``radon``, ``minibatch-sgd``, or a plug-in ``package.module:ClassName``
 (a file dropped into this folder is ``strategies.<file>:<Class>``). A plug-in class receives

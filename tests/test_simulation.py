@@ -321,3 +321,35 @@ def test_load_run_tables_hold_every_recorded_barrier_number(tiny_run):
     mean = run.barriers.query("split == 'test' and family == 'full' and metric == 'error'")
     assert mean["value"].tolist() == [rec["full"]["error"] for rec in records if rec["split"] == "test"]
     assert run.plot("per_layer", split="local-test", metric="error").axes
+
+
+def test_aligned_barriers_on_the_server_and_on_every_client(tmp_path):
+    """barriers.align: every record, server-side and local, holds its values after alignment;
+    alignment keeps each model's function, so every client's own loss is unchanged by it."""
+    cfg = load_config(None, [*TINY, "train.rounds=1", "barriers.align=weight-matching",
+                             "train.client_init=own", "strategy.name=local"])  # different inits
+    run_experiment(cfg, tmp_path / "run", progress=False)
+    records = {b["split"]: b for b in read(tmp_path / "run" / "barriers.jsonl")}
+    server = records["test"]["aligned"]
+    sizes = records["test"]["num_examples"]
+    assert server["aligned_to"] == records["test"]["clients"][sizes.index(max(sizes))]
+    assert set(server["full"]) == {"loss", "error"} and server["per_layer"]["loss"]
+    # aligned models lie closer together than the unaligned ones (different initializations)
+    assert (server["distances"]["model"]["pairwise_l2"]
+            < records["test"]["distances"]["model"]["pairwise_l2"])
+    for split in ("local-train", "local-test"):
+        rec = records[split]
+        assert rec["aligned"]["aligned_to"] == server["aligned_to"]
+        for client, report in rec["by_client"].items():
+            mine = rec["aligned"]["by_client"][client]
+            assert mine["endpoint"]["loss"] == pytest.approx(report["endpoint"]["loss"], rel=1e-5)
+            assert mine["full"]["loss"] != report["full"]["loss"]  # another average
+    metrics = read(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert metrics["barrier_full_aligned_test_loss"] == server["full"]["loss"]
+    assert metrics["barrier_local_full_aligned_local-test_error"] == \
+        records["local-test"]["aligned"]["full"]["error"]["mean"]
+    assert metrics["bytes_instrumentation"] > 0
+    import fedbarrier
+
+    table = fedbarrier.load_run(tmp_path / "run").barriers
+    assert set(table[table["aligned"]]["split"]) == {"train", "test", "local-train", "local-test"}

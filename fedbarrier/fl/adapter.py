@@ -38,12 +38,14 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedbarrier.fl.protocol import (
     ADOPTED_LAYERS,
+    ALIGNED_AVERAGE,
     AVERAGE,
     CLIENT_RECORD,
     LOCAL_BARRIERS,
     LOCAL_ONLY,
     LOCAL_RECORD,
     PARTITION_ID,
+    PERMUTATION,
     SERVER_ROUND,
     SHARED_LAYERS,
     AverageSchedule,
@@ -308,6 +310,13 @@ class Instrumented(Strategy):
         template = messages[0] if messages else None
         decoded: dict[int, StateDict] = {}
         trained_nodes = [node for _, node in sorted(self._trained.items())]
+        client_of = {node: client for client, node in self._trained.items()}
+        aligned, aligned_average = None, None
+        if self.pipeline.aligned is not None and self.pipeline.aligned_average is not None:
+            aligned = {client: {name: perm.to(torch.int64) for name, perm in perms.items()}
+                       for client, perms in zip(self.pipeline.record.clients,
+                                                self.pipeline.aligned.perms)}
+            aligned_average = ArrayRecord(self.pipeline.aligned_average)
         out = [m for m in messages if m.metadata.dst_node_id not in set(trained_nodes)]
         extra_bytes = 0
         for node in trained_nodes:
@@ -329,6 +338,11 @@ class Instrumented(Strategy):
             if missing:
                 content[AVERAGE] = ArrayRecord(missing)
                 extra_bytes += sum(len(a.data) for a in content[AVERAGE].values())
+            if aligned is not None:  # barriers.align: the aligned average, the client's permutation
+                content[ALIGNED_AVERAGE] = aligned_average
+                content[PERMUTATION] = ArrayRecord(aligned[client_of[node]])
+                extra_bytes += sum(len(a.data) for key in (ALIGNED_AVERAGE, PERMUTATION)
+                                   for a in content[key].values())
             if local_only:
                 self._local_only.add(node)
                 extra_bytes += sum(len(a.data) for a in sent.values())

@@ -26,6 +26,7 @@ from fedbarrier.fl.client_store import ClientStore, StorageFault
 from fedbarrier.fl.protocol import (
     ADOPT_BY_BARRIER,
     ADOPTED_LAYERS,
+    ALIGNED_AVERAGE,
     ARRAYS,
     AVERAGE,
     CLIENT_RECORD,
@@ -41,12 +42,14 @@ from fedbarrier.fl.protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
+    PERMUTATION,
     SERVER_ROUND,
     SHARED_LAYERS,
     TRAIN_LOSS,
 )
 from fedbarrier.learn.local import evaluate, local_update, resolve_device
 from fedbarrier.learn.models import build_model
+from fedbarrier.measure.alignment import apply_permutation, spec_from_state
 from fedbarrier.runtime.build import initial_state
 from fedbarrier.runtime.process_tuning import freeze_heap_once, keep_freed_memory
 from fedbarrier.runtime.rundir import CLIENTS_DIR
@@ -192,10 +195,28 @@ def client_evaluate(msg: Message, context: Context, cfg: Config, store_root: Pat
         # in the model's own key order: the layers sent and the rest of the average arrive apart
         average = {k: sent[k] for k in _initial(cfg, pid) if k in sent}
         device = client_device(cfg.train.device)
-        local = {split: json.dumps(local_report(cfg, pid, (own or {}).get(MODEL_STATE) or None,
-                                                average, split, device))
-                 for split in local_splits(cfg)}
+        own_state = (own or {}).get(MODEL_STATE) or None
+        aligned = aligned_pair(msg, own_state)
+        reports = {}
+        for split in local_splits(cfg):
+            report = local_report(cfg, pid, own_state, average, split, device)
+            if aligned is not None and "skipped" not in report:
+                report["aligned"] = local_report(cfg, pid, aligned[0], aligned[1], split, device)
+            reports[split] = json.dumps(report)
+        local = reports
     return _reply(msg, None, metrics, pid, local=local)
+
+
+def aligned_pair(msg: Message, own: dict[str, torch.Tensor] | None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """With ``barriers.align``: this client's model permuted to the round's reference (the same
+    function) and the aligned average it is compared with; None when not asked."""
+    if own is None or ALIGNED_AVERAGE not in msg.content or PERMUTATION not in msg.content:
+        return None
+    perms = msg.content[PERMUTATION].to_torch_state_dict()
+    average = msg.content[ALIGNED_AVERAGE].to_torch_state_dict()
+    aligned = apply_permutation(spec_from_state(own), perms, own)
+    return aligned, {k: average[k] for k in own}
 
 
 def client_query(msg: Message, context: Context) -> Message:

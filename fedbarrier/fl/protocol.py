@@ -16,6 +16,10 @@ Server -> client (train and evaluate messages)
     ``AVERAGE``        ArrayRecord (evaluate, with ``LOCAL_BARRIERS``): the layers of the round's
                        average θ̄ that ``ARRAYS`` does not carry (under partial sharing, the
                        personal layers' average; counted as instrumentation bytes)
+    ``ALIGNED_AVERAGE`` ArrayRecord (evaluate, with ``LOCAL_BARRIERS`` and ``barriers.align``): the
+                       average of the round's models aligned to the reference (whole model), and
+    ``PERMUTATION``    ArrayRecord: this client's permutations (name -> int64 index tensor) that
+                       align its model to the reference; both counted as instrumentation bytes
 
 Client -> server (replies)
     ``ARRAYS``         ArrayRecord: the client's whole trained model (train replies only)
@@ -26,7 +30,9 @@ Client -> server (replies)
                        and change on a resume); ``ADOPTED_LAYERS`` (train, barrier-aware: the
                        averaged layers it adopted)
     ``LOCAL_RECORD``   ConfigRecord (evaluate, with ``LOCAL_BARRIERS``): per local split, its local
-                       barriers as a JSON text, or why they were skipped; no data leaves a client
+                       barriers as a JSON text, or why they were skipped (with ``ALIGNED_AVERAGE``
+                       the report's ``aligned`` part holds the same after alignment); no data
+                       leaves a client
     Errors             a failing client replies with Flower's Error message; one whose text
                        starts with ``STORAGE_FAULT`` could not write its own state (a full disk):
                        the server stops the run instead of leaving the client out of the round
@@ -48,6 +54,8 @@ CONFIG = "config"  # Flower's FedAvg default `configrecord_key`
 METRICS = "metrics"
 CLIENT_RECORD = "client"
 AVERAGE = "barrier-average"
+ALIGNED_AVERAGE = "barrier-aligned-average"
+PERMUTATION = "barrier-permutation"
 LOCAL_RECORD = "local-barriers"
 
 # -- config keys (server -> client) -------------------------------------------------------------

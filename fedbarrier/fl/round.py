@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 
 from fedbarrier.errors import RunAborted
 from fedbarrier.fl.protocol import DIVERGED, NUM_EXAMPLES, STORAGE_FAULT
+from fedbarrier.measure.alignment import AlignedModels
 from fedbarrier.measure.barriers import average_states
 from fedbarrier.measure.hook import ClientModels
 
@@ -179,6 +180,9 @@ class LocalPlan:
     splits: tuple[str, ...]
     measured: Callable[[int], bool]  # whether round r is measured
     write: Callable[[dict[str, Any]], None] | None = None  # one record per (round, local split)
+    # barriers.align: the round's models aligned to a reference; the clients then also measure
+    # their local barriers after alignment (against the aligned average, with their permutation)
+    align: Callable[[ClientModels], AlignedModels] | None = None
 
 
 class RoundPipeline:
@@ -190,6 +194,8 @@ class RoundPipeline:
         self.min_clients = min_clients
         self.local = local
         self.average: dict[str, torch.Tensor] | None = None  # θ̄ of a round with local barriers
+        self.aligned: AlignedModels | None = None  # with LocalPlan.align: the aligned models
+        self.aligned_average: dict[str, torch.Tensor] | None = None  # and their average
         self._weights: dict[int, int] = {}
         self._local_records: list[dict[str, Any]] = []  # written at the round's end, in order
         self.record = RoundRecord(round=0)
@@ -211,6 +217,8 @@ class RoundPipeline:
         self._sent_to = dict(sent_to or {})
         self._pending = []
         self.average = None
+        self.aligned = None
+        self.aligned_average = None
         self._weights = {}
         self._local_records = []
 
@@ -253,6 +261,10 @@ class RoundPipeline:
         self._weights = dict(zip(models.client_ids, models.num_examples))
         if self.local is not None and self.local.measured(record.round) and models.states:
             self.average = average_states(models.states, models.num_examples)
+            if self.local.align is not None and len(models.states) >= 2:
+                self.aligned = self.local.align(models)
+                self.aligned_average = average_states(self.aligned.states, models.num_examples)
+                models = replace(models, aligned=self.aligned)  # the barrier hook's too
         for hook in self.hooks:
             values = hook.before_aggregation(models)
             if isinstance(values, Future):
@@ -268,7 +280,7 @@ class RoundPipeline:
     def skip_local(self, reason: str) -> None:
         """No local barriers this round (e.g. the strategy sends no average): say why."""
         assert self.local is not None
-        self.average = None
+        self.average = self.aligned = self.aligned_average = None
         self.record.measured["local_barriers_skipped"] = reason
         for split in self.local.splits:
             self._queue_local({"round": self.record.round, "split": split, "skipped": reason})
@@ -291,11 +303,23 @@ class RoundPipeline:
             }
             if measured:
                 weights = {c: float(self._weights.get(c, 1)) for c in measured}
+                aligned = {c: r["aligned"] for c, r in measured.items()
+                           if isinstance(r.get("aligned"), Mapping) and "skipped" not in r["aligned"]}
+                measured = {c: {k: v for k, v in r.items() if k != "aligned"}
+                            for c, r in measured.items()}
                 summary = summarize_local(measured, weights)
                 record.update(summary)
                 record["by_client"] = {str(c): r for c, r in measured.items()}
                 for metric, stats in summary.get("full", {}).items():
                     self.record.measured[f"barrier_local_full_{split}_{metric}"] = stats["mean"]
+                if aligned:  # barriers.align: the same, each client against the aligned average
+                    record["aligned"] = {
+                        "aligned_to": self.aligned.aligned_to if self.aligned is not None else None,
+                        **summarize_local(aligned, {c: weights[c] for c in aligned}),
+                        "by_client": {str(c): r for c, r in aligned.items()}}
+                    for metric, stats in record["aligned"].get("full", {}).items():
+                        self.record.measured[f"barrier_local_full_aligned_{split}_{metric}"] = \
+                            stats["mean"]
             self._queue_local(record)
 
     def _queue_local(self, record: dict[str, Any]) -> None:

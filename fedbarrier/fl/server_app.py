@@ -29,12 +29,13 @@ from fedbarrier.fl.protocol import (
 from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, TensorBoardRecorder, progress_hook
 from fedbarrier.fl.round import LocalPlan, RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
-from fedbarrier.measure.alignment import permutation_spec
-from fedbarrier.measure.hook import BarrierHook
+from fedbarrier.measure.alignment import AlignedModels, PermutationSpec, align_round, permutation_spec
+from fedbarrier.measure.hook import BarrierHook, ClientModels
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
 from fedbarrier.runtime.stopping import raise_if_stop_requested
+from fedbarrier.seeds import Stream, derive_seed
 from strategies import build_strategy
 
 
@@ -160,6 +161,8 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         return compute.submit(evaluate_global, server_round, state)
 
     hooks: list[RoundHook] = []
+    spec = (permutation_spec(cfg.model.name, model.state_dict())
+            if cfg.barriers.align != "none" else None)
     aligned_splits = ([f"{s}-aligned" for s in cfg.barriers.splits if s in SERVER_SPLITS]
                       if cfg.barriers.align != "none" else [])
     events = (TensorBoardRecorder(run_dir, config_text=to_toml(cfg),
@@ -174,8 +177,7 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
             sample=lambda split, ids: server_sample(fed, split, ids, cfg.barriers.n, cfg.seed),
             write=write_barriers, num_rounds=cfg.train.rounds, seed=cfg.seed, device=device,
             batch_size=cfg.train.eval_batch_size, executor=compute,
-            spec=(permutation_spec(cfg.model.name, barrier_model.state_dict())
-                  if cfg.barriers.align != "none" else None)))
+            spec=spec))
     if run_dir is not None:
         if cfg.output.save_client_models:
             hooks.append(CheckpointHook(run_dir))
@@ -202,7 +204,7 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
                             global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients,
                             completed_rounds=completed_rounds, save_state=save_state,
-                            local=local_plan(cfg, write_barriers))
+                            local=local_plan(cfg, write_barriers, spec))
     try:
         strategy.start(grid=grid, initial_arrays=initial,
                        num_rounds=cfg.train.rounds - completed_rounds,
@@ -235,12 +237,22 @@ def measured_round(cfg: Config, server_round: int) -> bool:
                                      or server_round == cfg.train.rounds)
 
 
-def local_plan(cfg: Config, write: Callable[[dict[str, Any]], None] | None) -> LocalPlan | None:
-    """The clients' local barriers of this run (None when it measures none); ``write`` records them."""
+def local_plan(cfg: Config, write: Callable[[dict[str, Any]], None] | None,
+               spec: PermutationSpec | None = None) -> LocalPlan | None:
+    """The clients' local barriers of this run (None when it measures none); ``write`` records
+    them; with ``spec`` (``barriers.align``) the clients also measure them after alignment."""
     splits = local_splits(cfg)
     if not splits:
         return None
-    return LocalPlan(splits=splits, measured=lambda r: measured_round(cfg, r), write=write)
+
+    def align(models: ClientModels) -> AlignedModels:
+        assert spec is not None
+        return align_round(spec, models.states, models.num_examples, models.client_ids,
+                           models.received, reference=cfg.barriers.align_reference,
+                           seed=derive_seed(cfg.seed, Stream.ALIGNMENT, models.server_round))
+
+    return LocalPlan(splits=splits, measured=lambda r: measured_round(cfg, r), write=write,
+                     align=align if spec is not None else None)
 
 
 def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True,

@@ -240,14 +240,42 @@ def align_states(
 ) -> list[dict[str, torch.Tensor]]:
     """Every model of ``states`` permuted to match ``reference`` (the reference itself, if it is
     one of them, stays as it is). Each aligned model computes the same function as before."""
-    aligned = []
-    for state in states:
-        if state is reference:
-            aligned.append(dict(state))
-            continue
-        perms = weight_matching(spec, reference, state, seed=seed)
-        aligned.append(apply_permutation(spec, perms, state))
-    return aligned
+    return [apply_permutation(spec, perms, state)
+            for perms, state in zip(match_states(spec, reference, states, seed), states)]
+
+
+def match_states(spec: PermutationSpec, reference: StateDict, states: Sequence[StateDict],
+                 seed: int = 0) -> list[Perms]:
+    """The weight-matching permutations of each of ``states`` to ``reference`` (the identity for
+    the reference itself)."""
+    return [identity_perms(spec) if state is reference
+            else weight_matching(spec, reference, state, seed=seed) for state in states]
+
+
+@dataclass(frozen=True)
+class AlignedModels:
+    """One round's client models aligned to a reference: what barriers after alignment use."""
+
+    aligned_to: int | str  # the reference: a client id, or "global" (the model the server sent)
+    states: list[dict[str, torch.Tensor]]  # in the clients' order, each permuted to the reference
+    perms: list[Perms]  # the permutation applied to each client's model
+
+
+def align_round(spec: PermutationSpec, states: Sequence[StateDict], weights: Sequence[float],
+                client_ids: Sequence[int], received: StateDict | None, *, reference: str,
+                seed: int) -> AlignedModels:
+    """Align a round's client models (``barriers.align_reference``): to the client with the
+    largest weight (``"largest"``; the first such on ties) or to the model the server sent
+    (``"global"``, when there is one)."""
+    if reference == "global" and received is not None and set(received) == set(states[0]):
+        target, label = received, "global"
+    else:
+        index = int(np.argmax(np.asarray(weights, dtype=float)))
+        target, label = states[index], int(client_ids[index])
+    perms = match_states(spec, target, states, seed)
+    return AlignedModels(aligned_to=label,
+                         states=[apply_permutation(spec, p, s) for p, s in zip(perms, states)],
+                         perms=perms)
 
 
 def _assignment_gain(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedbarrier.config import SERVER_SPLITS, BarrierConfig
-from fedbarrier.measure.alignment import PermutationSpec, align_states
+from fedbarrier.measure.alignment import AlignedModels, PermutationSpec, align_round
 from fedbarrier.measure.barriers import layer_distances, measure_barriers
 from fedbarrier.measure.evaluator import ModelEvaluator
 from fedbarrier.measure.layers import LayerGroups, Stage
@@ -37,6 +37,9 @@ class ClientModels:
     # What each client was actually sent, in client order: only the shared layers under partial
     # sharing, another client's model in a daisy-chaining round (None: the same as ``received``).
     sent: list[dict[str, torch.Tensor]] | None = None
+    # The models aligned to a reference, when the round pipeline aligned them (barriers.align
+    # with local barriers: the clients need their permutations); else the hook aligns them.
+    aligned: AlignedModels | None = None
 
 
 RoundValues = dict[str, Any]
@@ -187,18 +190,18 @@ class BarrierHook:
                               batch_size=self.batch_size)
 
     def _aligned(self, models: ClientModels) -> dict[str, Any] | None:
-        """The clients' models permuted to the reference (``cfg.align``), once per round."""
-        if self.cfg.align == "none" or self.spec is None:
+        """The clients' models permuted to the reference (``cfg.align``), once per round; the
+        round pipeline's when it aligned them already (for the clients' local barriers)."""
+        if self.cfg.align == "none" or (self.spec is None and models.aligned is None):
             return None
         start = time.perf_counter()
-        if self.cfg.align_reference == "global" and models.received is not None:
-            reference, label = models.received, "global"
-        else:  # the largest weight; the first such client on ties
-            index = int(np.argmax(models.num_examples))
-            reference, label = models.states[index], models.client_ids[index]
-        states = align_states(self.spec, reference, models.states,
-                              seed=derive_seed(self.seed, Stream.ALIGNMENT, models.server_round))
-        distances = (layer_distances(states, models.num_examples, self.groups, reference=None)
+        aligned = models.aligned
+        if aligned is None:
+            assert self.spec is not None
+            aligned = align_round(self.spec, models.states, models.num_examples, models.client_ids,
+                                  models.received, reference=self.cfg.align_reference,
+                                  seed=derive_seed(self.seed, Stream.ALIGNMENT, models.server_round))
+        distances = (layer_distances(aligned.states, models.num_examples, self.groups, reference=None)
                      if self.cfg.distances else None)
-        return {"reference": label, "states": states, "distances": distances,
+        return {"reference": aligned.aligned_to, "states": aligned.states, "distances": distances,
                 "seconds": time.perf_counter() - start}

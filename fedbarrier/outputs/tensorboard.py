@@ -8,7 +8,7 @@ heatmaps images. Tags are grouped so that TensorBoard shows one section per fami
   every numeric key of a round's record (``accuracy/global_test_accuracy``,
   ``communication/bytes_sent``, ``round_barrier/barrier_full_test_loss``, ...);
 - ``barrier_full/<split>_<metric>`` (and ``barrier_full_se/...``): the server-side full barrier;
-  with ``barriers.align`` the aligned values have split ``<split>-aligned`` in every server tag;
+  with ``barriers.align`` the aligned values have split ``<split>-aligned`` in every tag;
 - ``barrier_<family>_<split>_<metric>/<NN>_<layer set>``: per-layer and cumulative barriers, the mean
   over default clients, one tag per layer set (``barrier_per_layer_test_loss/02_fc1``,
   ``barrier_shallow_test_loss/03_+fc1``: the first 3 layers, fc1 the last to join);
@@ -74,7 +74,8 @@ def round_scalars(metrics: Record | None, barriers: Iterable[Record]) -> dict[st
             continue
         out.update(_local_scalars(rec) if is_local(rec) else _server_scalars(rec))
         if isinstance(rec.get("aligned"), Mapping):  # tags of split "<split>-aligned"
-            out.update(_server_scalars(aligned_record(rec)))
+            aligned = aligned_record(rec)
+            out.update(_local_scalars(aligned) if is_local(rec) else _server_scalars(aligned))
     return out
 
 

@@ -121,9 +121,10 @@ def full_se(rec: Record, metric: str) -> float:
 
 
 def aligned_record(rec: Record) -> Record:
-    """A server-side record's values after permutation alignment (``barriers.align``), as a record
-    of split ``<split>-aligned``: the record with its ``aligned`` part in place of the unaligned
-    values (endpoints and the reference E are the same: alignment keeps each model's function)."""
+    """A record's values after permutation alignment (``barriers.align``), as a record of split
+    ``<split>-aligned``: the record with its ``aligned`` part in place of the unaligned values.
+    A server-side ``aligned`` part has no endpoints and no reference E: alignment keeps each
+    model's function, so they are the record's."""
     aligned = rec.get("aligned") or {}
     return {**{k: v for k, v in rec.items() if k != "aligned"}, **aligned,
             "split": f"{rec['split']}-aligned"}
