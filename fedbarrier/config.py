@@ -90,8 +90,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     rounds: int = _f(5, "federated rounds (aggregations)", min=1, max=1_000_000)
-    client_init: str = _f("common", "layers a client has never received start from the common "
-                          "initialization or from the client's 'own' seed", choices=("common", "own"))
+    client_init: str = _f("common", "'common': every client starts from the server's initial "
+                          "model; 'own': from its own seed's initialization (in round 1 it ignores "
+                          "the initial model sent, and a layer it never receives stays its own)",
+                          choices=("common", "own"))
     keep_optimizer_state: bool = _f(False, "carry each client's SGD momentum across rounds "
                                     "(centralized-equivalent training); FL usually resets it")
     local_epochs: int = _f(1, "local epochs per round", min=1, max=100_000)

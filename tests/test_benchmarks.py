@@ -58,3 +58,12 @@ def test_the_runner_answers_help_and_refuses_unknown_names_without_running_any(c
     with pytest.raises(SystemExit) as bad:
         main(["scale", "nope"])
     assert bad.value.code == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_align_cost_benchmark_times_a_pair_and_the_hook_both_ways():
+    from benchmarks.align_cost import hook_cost, pair_cost
+
+    pair = pair_cost("cnn", (1, 8, 8), 16)
+    assert pair["match_s"] > 0 and pair["forward_s"] > 0
+    hook = hook_cost(clients=2, n=16)
+    assert set(hook) == {"none", "weight-matching"} and all(v > 0 for v in hook.values())

@@ -48,3 +48,32 @@ def test_a_client_without_a_model_of_the_round_says_so():
     cfg = load_config(None, TINY)
     report = local_report(cfg, 0, None, initial_state(cfg), "local-train", torch.device("cpu"))
     assert report == {"skipped": "the client has no model of this round"}
+
+
+def test_own_initialization_starts_round_1_from_the_clients_seed_not_the_servers_model(
+        tmp_path, task_identity):
+    """train.client_init = "own": clients that trained apart from different initializations
+    (what alignment is for). Round 1 ignores the initial model sent; later rounds do not."""
+
+    def trained(init: str, server_round: int, pid: int = 1):
+        cfg = load_config(None, [*TINY, f"train.client_init={init}", "train.local_steps=1",
+                                 "barriers.enabled=false"])
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": pid},
+                          state=RecordDict(), run_config={})
+        message = Message(RecordDict({"arrays": ArrayRecord(initial_state(cfg)),
+                                      "config": ConfigRecord({"server-round": server_round})}),
+                          dst_node_id=1, message_type=MessageType.TRAIN)
+        reply = client_app.client_train(message, context, cfg, tmp_path / init / str(server_round))
+        return cfg, reply.content["arrays"].to_torch_state_dict()
+
+    cfg, own_1 = trained("own", 1)
+    _, common_1 = trained("common", 1)
+    _, own_2 = trained("own", 2)
+    _, common_2 = trained("common", 2)
+    assert not torch.equal(own_1["conv1.weight"], common_1["conv1.weight"])
+    torch.testing.assert_close(own_2, common_2)  # after round 1 the server's model is the start
+    # round 1 with "own" is one SGD step from the client's own initialization
+    mine = initial_state(cfg, 1)
+    assert not torch.equal(mine["conv1.weight"], initial_state(cfg)["conv1.weight"])
+    assert (own_1["conv1.weight"] - mine["conv1.weight"]).abs().max() < \
+        (own_1["conv1.weight"] - initial_state(cfg)["conv1.weight"]).abs().max()

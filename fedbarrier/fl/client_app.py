@@ -135,6 +135,11 @@ def client_train(msg: Message, context: Context, cfg: Config, store_root: Path) 
     store = ClientStore(store_root, pid)
     saved = store.load_before(server_round)
     received = received_state(msg)  # decoded once: the model and the reference both use it
+    if cfg.train.client_init == "own" and server_round == 1:
+        # Different initializations: round 1 trains from the client's own seed's model, not from
+        # the initial model the server sent (as clients that trained apart before joining).
+        initial = _initial(cfg, pid)
+        received = {k: initial[k] for k in received}
     model, personal, adopted = load_model(cfg, msg, received, pid, saved)
     data = federation(cfg.data, cfg.seed).client_train(pid)
     t = cfg.train
