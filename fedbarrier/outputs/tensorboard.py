@@ -87,13 +87,7 @@ def _server_scalars(rec: Record) -> dict[str, float]:
         se = rec.get("full_se")
         if isinstance(se, Mapping) and metric in se:
             out[f"barrier_full_se/{split}_{metric}"] = num(se[metric])
-    for family, names in _layer_sets(rec).items():
-        for metric, entries in (rec.get(family) or {}).items():
-            values = entries.values() if isinstance(entries, Mapping) else entries
-            for name, entry in zip(names, values):
-                if isinstance(entry, Mapping):
-                    out[f"barrier_{family}_{split}_{metric}/{name}"] = num(entry.get("mean"))
-    return out
+    return out | _layer_set_means(rec, "barrier")
 
 
 def _local_scalars(rec: Record) -> dict[str, float]:
@@ -104,12 +98,20 @@ def _local_scalars(rec: Record) -> dict[str, float]:
             for stat in LOCAL_STATS:
                 if stat in summary:
                     out[f"local_barrier_full_{split}_{metric}/{stat}"] = num(summary[stat])
+    return out | _layer_set_means(rec, "local_barrier")
+
+
+def _layer_set_means(rec: Record, prefix: str) -> dict[str, float]:
+    """``<prefix>_<family>_<split>_<metric>/<layer set>``: the mean of each per-layer and
+    cumulative entry (over default clients server-side, over clients locally)."""
+    out: dict[str, float] = {}
+    split = _safe(str(rec["split"]))
     for family, names in _layer_sets(rec).items():
         for metric, entries in (rec.get(family) or {}).items():
             values = entries.values() if isinstance(entries, Mapping) else entries
             for name, entry in zip(names, values):
                 if isinstance(entry, Mapping):
-                    out[f"local_barrier_{family}_{split}_{metric}/{name}"] = num(entry.get("mean"))
+                    out[f"{prefix}_{family}_{split}_{metric}/{name}"] = num(entry.get("mean"))
     return out
 
 
