@@ -85,6 +85,8 @@ class ModelConfig:
     name: str = _f("cnn", "architecture", choices=MODELS)
     width: int = _f(0, "base channels (cnn, resnet18, vgg11) or hidden units (mlp); "
                     "0 = the model's default", min=0, max=65_536)
+    classifier_width: int = _f(0, "vgg11: hidden units of the two classifier layers; 0 = 8 x width "
+                               "(512 at the default width); 4096 = the paper's", min=0, max=65_536)
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,9 @@ def _build(cls: type, prefix: str, values: Mapping[str, Any]) -> Any:
 
 def _cross_checks(cfg: Config) -> None:
     d = cfg.data
+    if cfg.model.classifier_width and cfg.model.name != "vgg11":
+        raise UserError(f"model.classifier_width = {cfg.model.classifier_width} is for model "
+                        f"'vgg11' only (model.name = {cfg.model.name!r}); leave it 0")
     if cfg.strategy.clients_per_round > d.num_clients:
         raise UserError(f"strategy.clients_per_round = {cfg.strategy.clients_per_round} exceeds "
                         f"data.num_clients = {d.num_clients}")

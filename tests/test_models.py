@@ -155,3 +155,32 @@ def test_vgg11_dropout_only_in_training() -> None:
     # Assert
     assert torch.equal(evals[0], evals[1])
     assert not torch.equal(trains[0], trains[1])
+
+
+def test_the_papers_vgg11_has_a_4096_wide_classifier_and_its_parameter_count():
+    """--set model.name=vgg11 --set model.classifier_width=4096: VGG11 ("A", no batch norm) with
+    the paper's (and torchvision's) 4096-unit classifier on 512 pooled CIFAR features."""
+    from fedbarrier.config import load_config
+    from fedbarrier.measure.layers import layer_groups
+    from fedbarrier.runtime.build import model_of
+
+    cfg = load_config(None, ["model.name=vgg11", "model.classifier_width=4096"])
+    model = model_of(cfg.model, (3, 32, 32), 10)
+    layers = list(layer_groups(model, torch.zeros(2, 3, 32, 32)))
+    assert layers == [f"features.{i}" for i in (0, 3, 6, 8, 11, 13, 16, 18)] + \
+        ["classifier.0", "classifier.3", "classifier.6"]
+    # by hand: convs 3-64-128-256-256-512-512-512-512 (3x3, with bias), then 512-4096-4096-10
+    channels = [3, 64, 128, 256, 256, 512, 512, 512, 512]
+    convs = sum(c_in * c_out * 9 + c_out for c_in, c_out in zip(channels, channels[1:]))
+    classifier = (512 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 10 + 10)
+    assert convs == 9_220_480 and classifier == 18_923_530
+    assert sum(p.numel() for p in model.parameters()) == convs + classifier == 28_144_010
+    default = model_of(load_config(None, ["model.name=vgg11"]).model, (3, 32, 32), 10)
+    assert default.classifier[0].out_features == 512  # the usual CIFAR VGG unless asked
+
+
+def test_classifier_width_is_for_vgg11_only():
+    from fedbarrier.config import load_config
+
+    with pytest.raises(UserError, match="model.classifier_width = 4096 is for model 'vgg11' only"):
+        load_config(None, ["model.classifier_width=4096"])

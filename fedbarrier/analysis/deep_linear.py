@@ -1,4 +1,9 @@
-"""The hand-checkable deep linear network of BARRIERS.md (Adilova et al., ICLR 2024, Figure 4).
+"""The hand-checkable deep linear network of BARRIERS.md: fedbarrier's own example, not the paper's.
+
+It illustrates, with numbers anyone can check by hand, the paper's point that a barrier along
+the full interpolation path says little about single-layer cuts (Adilova et al., ICLR 2024,
+discuss layer-wise barriers of deep linear networks); the weights and the numbers below are
+fedbarrier's, chosen for hand-checking, not taken from the paper's figures.
 
 f(x) = w₂·w₁·x, one example (x = 1, y = 1), squared loss (f − y)², K = 2, p = (½, ½),
 A = (w₁, w₂) = (2, ½), B = (½, 2). Both endpoints have loss 0, yet

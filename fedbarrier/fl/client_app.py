@@ -48,9 +48,8 @@ from fedbarrier.fl.protocol import (
     TRAIN_LOSS,
 )
 from fedbarrier.learn.local import evaluate, local_update, resolve_device
-from fedbarrier.learn.models import build_model
 from fedbarrier.measure.alignment import apply_permutation, spec_from_state
-from fedbarrier.runtime.build import initial_state
+from fedbarrier.runtime.build import initial_state, model_of
 from fedbarrier.runtime.process_tuning import freeze_heap_once, keep_freed_memory
 from fedbarrier.runtime.rundir import CLIENTS_DIR
 
@@ -63,7 +62,7 @@ REFERENCE_STATE = "reference"  # the model last received whole (dynamic averagin
 @lru_cache(maxsize=2)
 def _model(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """One module per process; every message loads its weights into it."""
-    return build_model(cfg.name, shape, num_classes, width=cfg.width or None)
+    return model_of(cfg, shape, num_classes)
 
 
 def client_device_spec(spec: str, in_ray_worker: bool) -> str:

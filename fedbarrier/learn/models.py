@@ -73,6 +73,7 @@ def build_model(
     num_classes: int,
     *,
     width: int | None = None,
+    classifier_width: int | None = None,
 ) -> nn.Module:
     """Build model ``name`` for ``(C, H, W)`` inputs and ``num_classes`` outputs.
 
@@ -87,6 +88,9 @@ def build_model(
     width
         Channel/unit scale, ``None`` for the default in :data:`DEFAULT_WIDTH`; smaller values
         make fast CPU models, with the layer names unchanged.
+    classifier_width
+        ``vgg11`` only: hidden units of its two classifier layers, ``None`` for 8 x ``width``
+        (512 at the default width, the usual CIFAR VGG); 4096 is the paper's (and ImageNet's).
 
     Raises
     ------
@@ -102,6 +106,9 @@ def build_model(
         width = DEFAULT_WIDTH[name]
     if width < 1:
         raise UserError(f"width must be >= 1 or unset, got {width}")
+    if classifier_width is not None and (name != "vgg11" or classifier_width < 1):
+        raise UserError(f"classifier_width = {classifier_width} is for model 'vgg11' only, "
+                        f"and must be >= 1 (model is {name!r})")
     if name == "cnn":
         return _cnn(channels, height, w, num_classes, width)
     if name == "mlp":
@@ -110,7 +117,7 @@ def build_model(
         return Linear(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(channels * height * w, num_classes)))
     if name == "resnet18":
         return _resnet18(channels, num_classes, width)
-    return _vgg11(channels, num_classes, width)
+    return _vgg11(channels, num_classes, width, classifier_width or 8 * width)
 
 
 def _check_shape(name: str, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -206,15 +213,16 @@ def _kaiming_convs(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _vgg11(channels: int, num_classes: int, base: int) -> VGG:
+def _vgg11(channels: int, num_classes: int, base: int, hidden: int) -> VGG:
     """VGG11 ("A" config, no batch norm) for 28x28/32x32 inputs.
 
     Changes from torchvision, all keeping its module names and parameter shapes per width:
     - the max-pools use ``ceil_mode=True``: identical for 32x32 (all sizes even) and lets 28x28
       reach 1x1 (28-14-7-4-2-1) instead of failing at 0x0;
     - the average pool is adaptive to 1x1 (the 7x7 of ImageNet would only replicate a 1x1 map);
-    - the classifier is ``Linear(8b, 8b)-ReLU-Dropout-Linear(8b, 8b)-ReLU-Dropout-Linear(8b, k)``
-      (512 hidden for the default b=64, the usual CIFAR VGG, not 4096). Dropout (p=0.5, as
+    - the classifier is ``Linear(8b, h)-ReLU-Dropout-Linear(h, h)-ReLU-Dropout-Linear(h, k)`` with
+      ``h = hidden``: 8b by default (512 for b=64, the usual CIFAR VGG), 4096 with
+      ``model.classifier_width = 4096`` (the paper's, as torchvision's). Dropout (p=0.5, as
       torchvision) is active in training only; evaluation and barriers run in eval mode.
     Init follows torchvision's VGG: Kaiming convs, N(0, 0.01) linears, zero biases.
     """
@@ -223,9 +231,8 @@ def _vgg11(channels: int, num_classes: int, base: int) -> VGG:
     cfg = [v if v == "M" else max(1, int(v) * base // 64) for v in cfgs["A"]]
     features = make_layers(cfg, batch_norm=False)
     _adapt_vgg_features(features, channels)
-    hidden = 8 * base
     classifier = nn.Sequential(
-        nn.Linear(hidden, hidden),
+        nn.Linear(8 * base, hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(p=0.5),
         nn.Linear(hidden, hidden),

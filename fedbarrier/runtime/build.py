@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from fedbarrier.config import Config
+from fedbarrier.config import Config, ModelConfig
 from fedbarrier.data.federation import Federation, federation
 from fedbarrier.learn.models import build_model
 from fedbarrier.measure.layers import LayerGroups, layer_groups
@@ -22,8 +22,13 @@ def initial_model(cfg: Config, fed: Federation, client: int | None = None) -> nn
     """The common initialization (``client=None``) or a client's own one (``train.client_init``)."""
     parts = (cfg.seed, Stream.INIT) if client is None else (cfg.seed, Stream.INIT, client)
     torch.manual_seed(derive_seed(*parts))
-    return build_model(cfg.model.name, fed.input_shape, fed.num_classes,
-                       width=cfg.model.width or None)
+    return model_of(cfg.model, fed.input_shape, fed.num_classes)
+
+
+def model_of(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The ``[model]`` section's model for this input shape and class count (torch's RNG)."""
+    return build_model(cfg.name, shape, num_classes, width=cfg.width or None,
+                       classifier_width=cfg.classifier_width or None)
 
 
 @lru_cache(maxsize=8)
