@@ -110,6 +110,9 @@ class TrainConfig:
     warmup: float = _f(0.0, "fraction of the run with a linear warm-up (cosine schedule)",
                        min=0.0, lt=1.0)
     device: str = _f("auto", "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    augment: str = _f("none", "training-batch augmentation: 'crop-flip' = random crop with 4-pixel "
+                      "zero padding and horizontal flip (the usual CIFAR one); never applied to "
+                      "evaluation or barrier samples", choices=("none", "crop-flip"))
     eval_batch_size: int = _f(0, "batch size for evaluation and barrier measurement (0 = auto: "
                               "~400k input values a batch, e.g. 128 CIFAR or 500 Fashion-MNIST "
                               "images)", min=0, max=10_000_000)

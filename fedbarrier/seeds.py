@@ -34,6 +34,7 @@ class Stream(IntEnum):
     SUBSET = 29  # (0 = train, 1 = test): data.train_size / data.test_size subsets
     LOCAL_SAMPLE = 23  # (client, 0 = local-train, 1 = local-test): a client's local barrier sample
     ALIGNMENT = 31  # (round): the order in which weight matching visits the permutations
+    AUGMENT = 37  # (): drawn after a client's training seed: its batches' crops and flips
 
 
 def derive_seed(*parts: int) -> int:

@@ -87,3 +87,30 @@ def test_choice_lists_match_the_modules_they_name():
     assert config.DATASETS == data.DATASETS
     assert config.MODELS == models.MODELS
     assert config.PARTITIONS == SCHEMES
+
+
+@pytest.mark.parametrize("name", ["centralized-resnet18-paper", "centralized-vgg11-paper"])
+def test_the_paper_configs_build_and_train_a_step_on_cifar_format_files(tmp_path, name):
+    """The GPU configs that follow the paper: data, partition, model (the 4096-wide VGG11
+    classifier), strategy, and one augmented SGD step, on generated CIFAR-10 files."""
+    import torch
+
+    from fedbarrier.data.federation import federation
+    from fedbarrier.fl.simulation import preflight
+    from fedbarrier.learn.local import local_update
+    from fedbarrier.runtime.build import initial_model
+    from tests.fixtures_data import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path, n_train=20, n_test=6)
+    cfg = load_config(ROOT / "experiments" / f"{name}.toml",
+                      [f"data.data_dir={str(tmp_path)!r}", "train.device='cpu'", "barriers.n=4"])
+    assert cfg.train.augment == "crop-flip"
+    preflight(cfg)
+    fed = federation(cfg.data, cfg.seed)
+    model = initial_model(cfg, fed)
+    if name.startswith("centralized-vgg11"):
+        assert model.classifier[0].out_features == model.classifier[3].out_features == 4096
+    data = fed.client_train(0)
+    stats = local_update(model, data.x[:4], data.y[:4], cfg.train, run_seed=0, client=0,
+                         server_round=1, device=torch.device("cpu"), steps=1)
+    assert stats.steps == 1 and not stats.diverged

@@ -16,7 +16,7 @@ from torch import nn
 
 from fedbarrier.config import TrainConfig
 from fedbarrier.errors import UserError
-from fedbarrier.seeds import training_seed
+from fedbarrier.seeds import Stream, derive_seed, training_seed
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -74,6 +74,30 @@ class TrainStats:
     momentum: dict[str, torch.Tensor] | None = None  # SGD momentum buffers by parameter name
 
 
+def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The standard CIFAR augmentation of a batch: each image padded by ``padding`` zeros on
+    every side, cropped back to its size at a random offset, and flipped left-right with
+    probability ½ (torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``).
+
+    Draws from ``generator`` (on the CPU) only, so a seeded run augments identically everywhere.
+    """
+    b, c, h, w = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = dy[:, None] + torch.arange(h)  # (b, h): the rows of the padded image each keeps
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    index = (torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :])
+    return padded[tuple(i.to(x.device) for i in index)]
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "crop-flip": crop_flip}
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -88,8 +112,12 @@ def train(
     device: torch.device,
     momentum_buffers: dict[str, torch.Tensor] | None = None,
     steps: int = 0,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> TrainStats:
     """SGD with momentum and weight decay; ``lr(step, total_steps)`` gives each step's rate.
+
+    ``augment`` transforms each training batch (e.g. :func:`crop_flip`); it draws from its own
+    generator, so the data order is the same with and without it. Evaluation never augments.
 
     ``momentum_buffers`` (by parameter name) continue an earlier call's optimizer state; the
     returned stats carry the buffers at the end. ``steps > 0`` runs exactly that many SGD steps
@@ -112,6 +140,7 @@ def train(
         if name in named:
             optimizer.state[named[name]]["momentum_buffer"] = buf.to(device).clone()
     generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator().manual_seed(derive_seed(seed, Stream.AUGMENT))
     steps_per_epoch = math.ceil(n / batch_size)
     total = steps if steps > 0 else epochs * steps_per_epoch
     loss_sum, step, seen = 0.0, 0, 0
@@ -124,7 +153,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr(step, total)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            batch = x[idx] if augment is None else augment(x[idx], augment_generator)
+            loss = F.cross_entropy(model(batch), y[idx])
             value = float(loss.detach())
             if not math.isfinite(value):
                 return TrainStats(loss=value, steps=step, examples=step * batch_size, diverged=True)
@@ -168,7 +198,8 @@ def local_update(
                  momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                  seed=training_seed(run_seed, client, server_round), device=device,
                  momentum_buffers=momentum_buffers,
-                 steps=cfg.local_steps if steps is None else steps)
+                 steps=cfg.local_steps if steps is None else steps,
+                 augment=AUGMENTATIONS.get(cfg.augment))
 
 
 @torch.inference_mode()
