@@ -509,3 +509,17 @@ def test_per_example_values_of_different_lengths_are_rejected():
 
     with pytest.raises(ValueError, match="per-example"):
         measure_barriers([A, B], [1, 1], GROUPS, ragged, metrics=("loss",), families=("full",))
+
+
+def test_each_layers_share_of_the_parameters_and_of_the_squared_distance():
+    """Issue 19: a reader sees whether a layer's barrier is just its size. x holds 1 of 4
+    parameters; between a and b it is 3 apart and y sqrt(1 + 1 + 4) apart: squared 9 and 6."""
+    a = {"x.weight": torch.tensor([3.0]), "y.weight": torch.tensor([1.0, 1.0, 2.0])}
+    b = {"x.weight": torch.tensor([0.0]), "y.weight": torch.tensor([0.0, 0.0, 0.0])}
+    d = layer_distances([a, b], [0.5, 0.5], {"x": ["x.weight"], "y": ["y.weight"]})
+    assert (d["x"]["param_share"], d["y"]["param_share"]) == (0.25, 0.75)
+    assert d["x"]["sq_distance_share"] == pytest.approx(9 / 15)
+    assert d["y"]["sq_distance_share"] == pytest.approx(6 / 15)
+    assert d["model"]["param_share"] == d["model"]["sq_distance_share"] == 1.0
+    same = layer_distances([a, a], [0.5, 0.5], {"x": ["x.weight"], "y": ["y.weight"]})
+    assert same["x"]["sq_distance_share"] is None  # no distance to share out

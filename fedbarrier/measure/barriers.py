@@ -489,8 +489,10 @@ def _distances(vectors: list[torch.Tensor], avg: torch.Tensor) -> dict[str, Any]
         l2 = torch.cdist(rows[None], rows[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
         out["pairwise_l2"] = float(l2[upper[0], upper[1]].mean())
         out["pairwise_cos"] = float(_cosines(rows, rows)[upper[0], upper[1]].mean())
+        out["pairwise_sq"] = float((l2[upper[0], upper[1]].double() ** 2).mean())
     else:
-        out["pairwise_l2"], out["pairwise_cos"] = 0.0, 1.0
+        out["pairwise_l2"], out["pairwise_cos"], out["pairwise_sq"] = 0.0, 1.0, 0.0
+    out["num_params"] = int(rows.shape[1])
     return out
 
 
@@ -501,8 +503,10 @@ def layer_distances(
     reference: StateDict | Sequence[StateDict] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per layer and for the whole model (key ``"model"``): L2 distance and cosine similarity of
-    each client to the p-weighted average, mean pairwise L2 and cosine between clients, and (when
-    ``reference`` is given) each client's L2 drift from the model it received.
+    each client to the p-weighted average, mean pairwise L2, squared L2 (``pairwise_sq``) and
+    cosine between clients, the scope's ``num_params``, its ``param_share`` of the model's
+    parameters and ``sq_distance_share`` of the model's ``pairwise_sq`` (None when the clients
+    coincide), and (when ``reference`` is given) each client's L2 drift from the model it received.
 
     ``reference`` is one model for every client, or one per client: what each was sent. Under
     partial sharing a client receives only the shared layers; its drift is None in a scope
@@ -531,4 +535,11 @@ def layer_distances(
                         drift[i] = d
             if any(d is not None for d in drift):
                 out[scope]["drift"] = drift
+    # Each scope's share of the parameters and of the mean squared pairwise distance (squared
+    # distances add over layers): is a layer's barrier more than its size?
+    total = out["model"]
+    for entry in out.values():
+        entry["param_share"] = entry["num_params"] / total["num_params"]
+        entry["sq_distance_share"] = (entry["pairwise_sq"] / total["pairwise_sq"]
+                                      if total["pairwise_sq"] > 0 else None)
     return out
