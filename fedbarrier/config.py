@@ -40,7 +40,7 @@ from fedbarrier.errors import UserError
 # Choices are listed here (not imported) so that reading a config never imports torch.
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "full")
-MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear")
+MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear", "convnet")
 SCHEDULES = ("constant", "cosine")
 SERVER_SPLITS = ("train", "test")  # measured by the server on its sample of D
 LOCAL_SPLITS = ("local-train", "local-test")  # measured by each client on its own data

@@ -21,7 +21,7 @@ from fedbarrier.measure.alignment import (
 # Non-square, so cnn's flatten (C x 5 x 4) has a spatial block that is not a square number.
 SHAPE = (3, 20, 17)
 CLASSES = 5
-WIDTH = {"cnn": 4, "mlp": 16, "linear": None, "vgg11": 4, "resnet18": 4}
+WIDTH = {"cnn": 4, "mlp": 16, "linear": None, "vgg11": 4, "resnet18": 4, "convnet": 4}
 RESNET_INNER = [f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
 
 
@@ -62,6 +62,7 @@ def test_random_permutation_keeps_outputs(name: str) -> None:
 
 EXPECTED_SIZES = {
     "cnn": {"conv1": 4, "conv2": 8, "fc1": 16},
+    "convnet": {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "conv5": 16, "conv6": 16},
     "mlp": {"fc1": 16, "fc2": 8},
     "linear": {},
     "vgg11": {

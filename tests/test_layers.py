@@ -45,6 +45,7 @@ VGG11_LAYERS = [f"features.{i}" for i in (0, 3, 6, 8, 11, 13, 16, 18)] + [
 ]
 EXPECTED_LAYERS = {
     "cnn": ["conv1", "conv2", "fc1", "fc2"],
+    "convnet": ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"],
     "mlp": ["fc1", "fc2", "fc3"],
     "vgg11": VGG11_LAYERS,
     "resnet18": RESNET18_LAYERS,

@@ -4,6 +4,9 @@ Every model is built from torch's global RNG only, so ``torch.manual_seed(s)`` f
 ``build_model(...)`` gives the same weights every time (clients of one run start from one model).
 
 - ``cnn``: a small fast CNN (two conv/relu/pool blocks, two linear layers), any input >= 4x4.
+- ``convnet``: six 3x3 convs (two per stage, widths b, 2b, 4b, a max-pool between stages), global
+  average pooling and one linear classifier: deep enough to have a middle, with the classifier a
+  small share of the parameters (0.4 % at b = 32), unlike ``cnn``'s ``fc1``.
 - ``mlp``: three linear layers on the flattened input.
 - ``linear``: logistic regression, one linear layer on the flattened input (the Radon machine's
   model: d = (C*H*W + 1) * classes parameters).
@@ -24,19 +27,24 @@ from torch import nn
 # every client process and every CLI call that never builds one would otherwise pay.
 from fedbarrier.errors import UserError
 
-MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear")
+MODELS = ("cnn", "mlp", "resnet18", "vgg11", "linear", "convnet")
 
 # Default `width` of each model: cnn/vgg11/resnet18 first conv channels, mlp first hidden units.
-DEFAULT_WIDTH = {"cnn": 32, "mlp": 256, "resnet18": 64, "vgg11": 64, "linear": 1}  # linear: unused
+DEFAULT_WIDTH = {"cnn": 32, "mlp": 256, "resnet18": 64, "vgg11": 64, "linear": 1,  # linear: unused
+                 "convnet": 32}
 
 # Smallest height/width for which every downsampling step still halves a map >= 2 pixels wide.
 # cnn: two floor 2x2 pools (4 -> 2 -> 1); resnet18: three stride-2 convs, which round up
 # (5 -> 3 -> 2 -> 1); vgg11: five ceil-mode 2x2 pools (17 -> 9 -> 5 -> 3 -> 2 -> 1).
-MIN_SIDE = {"cnn": 4, "mlp": 1, "resnet18": 5, "vgg11": 17, "linear": 1}
+MIN_SIDE = {"cnn": 4, "mlp": 1, "resnet18": 5, "vgg11": 17, "linear": 1, "convnet": 4}
 
 
 class SmallCNN(nn.Sequential):
     """The ``cnn`` model: a named ``nn.Sequential`` so layer names read ``conv1``, ``fc2``, ..."""
+
+
+class ConvNet(nn.Sequential):
+    """The ``convnet`` model: a named ``nn.Sequential`` (``conv1`` .. ``conv6``, ``fc``)."""
 
 
 class MLP(nn.Sequential):
@@ -113,6 +121,8 @@ def build_model(
         return _cnn(channels, height, w, num_classes, width)
     if name == "mlp":
         return _mlp(channels * height * w, num_classes, width)
+    if name == "convnet":
+        return _convnet(channels, num_classes, width)
     if name == "linear":
         return Linear(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(channels * height * w, num_classes)))
     if name == "resnet18":
@@ -154,6 +164,24 @@ def _cnn(channels: int, height: int, width: int, num_classes: int, base: int) ->
             fc2=nn.Linear(4 * base, num_classes),
         )
     )
+
+
+def _convnet(channels: int, num_classes: int, base: int) -> ConvNet:
+    """conv(C->b) conv(b->b) pool, conv(b->2b) conv(2b->2b) pool, conv(2b->4b) conv(4b->4b),
+    global average pool, fc(4b->classes); ReLU after every conv. Floor pools: any input >= 4x4."""
+    widths = [channels, base, base, 2 * base, 2 * base, 4 * base, 4 * base]
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for i in range(1, 7):
+        layers[f"conv{i}"] = nn.Conv2d(widths[i - 1], widths[i], 3, padding=1)
+        layers[f"relu{i}"] = nn.ReLU()
+        if i in (2, 4):
+            layers[f"pool{i // 2}"] = nn.MaxPool2d(2)
+    layers["gap"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["fc"] = nn.Linear(4 * base, num_classes)
+    model = ConvNet(layers)
+    _kaiming_convs(model)
+    return model
 
 
 def _mlp(in_features: int, num_classes: int, base: int) -> MLP:

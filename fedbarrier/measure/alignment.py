@@ -35,7 +35,7 @@ StateDict = Mapping[str, torch.Tensor]
 Perms = dict[str, torch.Tensor]
 AxesToPerm = dict[str, tuple[str | None, ...]]
 
-SUPPORTED_MODELS = ("cnn", "mlp", "linear", "vgg11", "resnet18")
+SUPPORTED_MODELS = ("cnn", "mlp", "linear", "vgg11", "resnet18", "convnet")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def sequential_spec(state_dict: StateDict) -> PermutationSpec:
     ``bias``), in state-dict order: each layer's outputs but the last one's are permuted, by a
     permutation named after the layer.
 
-    Fits ``mlp``, ``cnn``, ``vgg11`` and ``linear`` (a one-layer chain: no permutation).
+    Fits ``mlp``, ``cnn``, ``convnet``, ``vgg11`` and ``linear`` (a one-layer chain: no
+    permutation).
     """
     layers = [key.removesuffix(".weight") for key in state_dict if key.endswith(".weight")]
     axes: AxesToPerm = {}
