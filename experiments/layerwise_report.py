@@ -49,9 +49,9 @@ def setting_lines(name: str, runs: list) -> list[str]:
     for layer in layers:
         cells = []
         for metric in ("error", "loss"):
-            cells.append(fmt([float(last(r).query(f"family == 'per_layer' and metric == '{metric}' and "
-                                                    f"stat == 'mean' and layer_set == '{layer}'")["value"].iloc[0])
-                              for r in runs]))
+            query = (f"family == 'per_layer' and metric == '{metric}' and stat == 'mean' "
+                     f"and layer_set == '{layer}'")
+            cells.append(fmt([float(last(r).query(query)["value"].iloc[0]) for r in runs]))
         shares = []
         for quantity in ("param_share", "sq_distance_share"):
             values = []

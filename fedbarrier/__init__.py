@@ -13,10 +13,8 @@ cheap (no torch, pandas or Flower).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from fedbarrier.api import Comparison, Run, load_comparison, load_run, run
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["Comparison", "Run", "load_comparison", "load_run", "run", "__version__"]
@@ -25,7 +23,7 @@ __all__ = ["Comparison", "Run", "load_comparison", "load_run", "run", "__version
 def __getattr__(name: str) -> Any:
     """Resolve the API lazily (PEP 562)."""
     if name in ("Comparison", "Run", "load_comparison", "load_run", "run"):
-        from fedbarrier import api
-
-        return getattr(api, name)
+        # By name, not an import statement: every module imports this package, and type checkers
+        # follow import statements (even in functions) into the API's Flower and pandas layers.
+        return getattr(importlib.import_module("fedbarrier.api"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

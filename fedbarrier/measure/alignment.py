@@ -268,6 +268,7 @@ def align_round(spec: PermutationSpec, states: Sequence[StateDict], weights: Seq
     """Align a round's client models (``barriers.align_reference``): to the client with the
     largest weight (``"largest"``; the first such on ties) or to the model the server sent
     (``"global"``, when there is one)."""
+    label: int | str
     if reference == "global" and received is not None and set(received) == set(states[0]):
         target, label = received, "global"
     else:
