@@ -186,20 +186,30 @@ class EventLog:
 
 
 def write_images(run_path: Path, paths: Iterable[Path], step: int) -> None:
-    """A finished run's plots (PNG files) as images ``plots/<name>`` at ``step`` (its last round)."""
-    import numpy as np
-    from matplotlib.image import imread
+    """A finished run's plots (PNG files) as images ``plots/<name>`` at ``step`` (its last round).
+
+    The PNG bytes go into the event file as they are (TensorBoard stores images PNG-encoded):
+    decoding and encoding them again took ~0.1 s a plot, 3 s of the quickstart's run.
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary
 
     writer = _writer(Path(run_path) / FOLDER, purge_step=None)
     try:
         for path in paths:
-            image = imread(path)
-            if image.ndim == 3 and image.shape[2] == 4:  # RGBA -> RGB
-                image = image[..., :3]
-            writer.add_image(f"plots/{Path(path).stem}", np.asarray(image), global_step=step,
-                             dataformats="HWC")
+            data = Path(path).read_bytes()
+            width, height = png_size(data)
+            image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=data)
+            summary = Summary(value=[Summary.Value(tag=f"plots/{Path(path).stem}", image=image)])
+            writer._get_file_writer().add_summary(summary, step)
     finally:
         writer.close()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _writer(folder: Path, purge_step: int | None) -> Any:
