@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from fedbarrier.runtime.rundir import RunDir
+
 PLOTS = ("accuracy", "full", "per_layer", "shallow", "deep")
 FORMATS = ("csv", "parquet")
 
@@ -46,24 +48,30 @@ class Run:
     def metrics(self) -> pd.DataFrame:
         from fedbarrier.outputs.tables import metrics_table
 
-        return metrics_table(self._records("metrics.jsonl"))
+        return metrics_table(self._run_dir.metrics())
 
     @cached_property
     def barriers(self) -> pd.DataFrame:
         from fedbarrier.outputs.tables import barrier_table
 
-        return barrier_table(self._records("barriers.jsonl"))
+        return barrier_table(self._barrier_records)
 
     @cached_property
     def distances(self) -> pd.DataFrame:
         from fedbarrier.outputs.tables import distance_table
 
-        return distance_table(self._records("barriers.jsonl"))
+        return distance_table(self._barrier_records)
 
-    def _records(self, name: str) -> list[dict[str, Any]]:
-        from fedbarrier.runtime.rundir import read_jsonl
+    @cached_property
+    def _barrier_records(self) -> list[dict[str, Any]]:
+        """barriers.jsonl, read once for both tables that come from it."""
+        return list(self._run_dir.barriers())
 
-        return read_jsonl(self.path / name)
+    @property
+    def _run_dir(self) -> RunDir:
+        from fedbarrier.runtime.rundir import RunDir
+
+        return RunDir(self.path)
 
     def plot(self, kind: str = "per_layer", *, split: str = "test", metric: str = "loss") -> Figure:
         """A figure of this run: ``accuracy`` over rounds, the ``full`` barrier over rounds (± se),

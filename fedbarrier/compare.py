@@ -141,16 +141,18 @@ def _fmt(values: list[float], ses: list[float] | None = None) -> str:
 
 def summarize(runs: dict[str, list[Path]],
               finished: dict[str, list[bool]] | None = None,
-              grid: dict[str, dict[str, str]] | None = None) -> tuple[str, str]:
+              grid: dict[str, dict[str, str]] | None = None,
+              summaries: dict[str, list[dict[str, float]]] | None = None) -> tuple[str, str]:
     """(markdown table, CSV) over seeds: mean ± sample std, and the within-run se where there is one.
 
     Cells are over the finished runs only (``finished``: :func:`run_finished` of each run, read
     from the runs when not given); a run that stopped early is counted in "seeds" apart and keeps
     its numbers in the CSV (``finished`` = 0). In a sweep the keys of ``runs`` are
     ``<grid point>/<strategy>`` and ``grid`` gives each key's grid values: the table gains one
-    column per grid key, before the strategy.
+    column per grid key, before the strategy. ``summaries``: :func:`run_summary` of each run, when
+    the caller has read them already.
     """
-    rows = {s: [run_summary(p) for p in paths] for s, paths in runs.items()}
+    rows = summaries or {s: [run_summary(p) for p in paths] for s, paths in runs.items()}
     if finished is None:
         finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
     grid_keys = list(next(iter(grid.values()))) if grid else []
@@ -183,7 +185,8 @@ def _write_summary(runs: dict[str, list[Path]], out: Path,
     from fedbarrier.plots.compare import plot_comparison
 
     finished = {s: [run_finished(p) for p in paths] for s, paths in runs.items()}
-    markdown, table = summarize(runs, finished, grid)
+    summaries = {s: [run_summary(p) for p in paths] for s, paths in runs.items()}  # read once
+    markdown, table = summarize(runs, finished, grid, summaries)
     RunDir(out).write_text(SUMMARY_MD, markdown)
     write_atomic(out / SUMMARY_CSV, table)
     points: dict[str, list[str]] = {}
@@ -197,8 +200,11 @@ def _write_summary(runs: dict[str, list[Path]], out: Path,
             done = [p for p, ok in zip(runs[group], finished[group]) if ok]
             curves[strategy if done else f"{strategy} (stopped)"] = done or runs[group]
         if point:
-            part = {g.rpartition("/")[2]: runs[g] for g in groups}
-            point_md, point_csv = summarize(part, {g.rpartition("/")[2]: finished[g] for g in groups})
+            def by_strategy(values: dict[str, Any], groups: list[str] = groups) -> dict[str, Any]:
+                return {g.rpartition("/")[2]: values[g] for g in groups}
+
+            point_md, point_csv = summarize(by_strategy(runs), by_strategy(finished),
+                                            summaries=by_strategy(summaries))
             RunDir(out / point).write_text(SUMMARY_MD, f"{point}\n\n{point_md}")
             write_atomic(out / point / SUMMARY_CSV, point_csv)
         plot_comparison(curves, out / point if point else out, title=point)
@@ -449,12 +455,12 @@ def compare(cfg: Config, strategies: Sequence[str], seeds: Sequence[int], out: P
         for number, run in enumerate(planned, 1):
             runs.setdefault(run.group, []).append(run.path)
             values[run.group] = run.point.values
-            if display is not None and task is not None:
+            if display is not None:
                 display.update(task, completed=number - 1, description=f"run {number}/{len(planned)}")
             stop = _run_or_reuse(run, f"[{number}/{len(planned)}]", force=force, progress=progress)
             if stop:
                 stopped.append(stop)
-        if display is not None and task is not None:
+        if display is not None:
             display.update(task, completed=len(planned))
     print(_write_summary(runs, out, values if grid else None))
     if stopped:

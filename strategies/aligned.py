@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedbarrier.measure.alignment import align_states, spec_from_state
+from fedbarrier.measure.alignment import align_round, spec_from_state
 from fedbarrier.seeds import Stream, derive_seed
 
 
@@ -44,12 +44,12 @@ class AlignedFedAvg(FedAvg):
         start = time.perf_counter()
         states = [next(iter(c.array_records.values())).to_torch_state_dict() for c in contents]
         weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
-        reference = states[max(range(len(states)), key=lambda i: (weights[i], -i))]
-        aligned = align_states(spec_from_state(reference), reference, states,
-                               seed=derive_seed(self.seed, Stream.ALIGNMENT, server_round))
+        aligned = align_round(spec_from_state(states[0]), states, weights, list(range(len(states))),
+                              None, reference="largest",
+                              seed=derive_seed(self.seed, Stream.ALIGNMENT, server_round))
         records = [RecordDict({self.arrayrecord_key: ArrayRecord(state),
                                "metrics": next(iter(c.metric_records.values()))})
-                   for state, c in zip(aligned, contents)]
+                   for state, c in zip(aligned.states, contents)]
         arrays = aggregate_arrayrecords(records, self.weighted_by_key)
         seconds = time.perf_counter() - start
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,13 +30,12 @@ from fedbarrier.fl.protocol import (
 from fedbarrier.fl.recorders import CheckpointHook, MetricsRecorder, TensorBoardRecorder, progress_hook
 from fedbarrier.fl.round import LocalPlan, RoundHook
 from fedbarrier.learn.local import evaluate, resolve_device
-from fedbarrier.measure.alignment import AlignedModels, PermutationSpec, align_round, permutation_spec
-from fedbarrier.measure.hook import BarrierHook, ClientModels
+from fedbarrier.measure.alignment import PermutationSpec, permutation_spec
+from fedbarrier.measure.hook import BarrierHook, align_models
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
 from fedbarrier.runtime.stopping import raise_if_stop_requested
-from fedbarrier.seeds import Stream, derive_seed
 from strategies import build_strategy
 
 
@@ -244,15 +244,10 @@ def local_plan(cfg: Config, write: Callable[[dict[str, Any]], None] | None,
     splits = local_splits(cfg)
     if not splits:
         return None
-
-    def align(models: ClientModels) -> AlignedModels:
-        assert spec is not None
-        return align_round(spec, models.states, models.num_examples, models.client_ids,
-                           models.received, reference=cfg.barriers.align_reference,
-                           seed=derive_seed(cfg.seed, Stream.ALIGNMENT, models.server_round))
-
+    align = (partial(align_models, spec, reference=cfg.barriers.align_reference, seed=cfg.seed)
+             if spec is not None else None)
     return LocalPlan(splits=splits, measured=lambda r: measured_round(cfg, r), write=write,
-                     align=align if spec is not None else None)
+                     align=align)
 
 
 def make_server_app(cfg: Config, run_dir: RunDir | None, *, progress: bool = True,

@@ -233,18 +233,6 @@ def align(
     return apply_permutation(spec, perms, other), perms
 
 
-def align_states(
-    spec: PermutationSpec,
-    reference: StateDict,
-    states: Sequence[StateDict],
-    seed: int = 0,
-) -> list[dict[str, torch.Tensor]]:
-    """Every model of ``states`` permuted to match ``reference`` (the reference itself, if it is
-    one of them, stays as it is). Each aligned model computes the same function as before."""
-    return [apply_permutation(spec, perms, state)
-            for perms, state in zip(match_states(spec, reference, states, seed), states)]
-
-
 def match_states(spec: PermutationSpec, reference: StateDict, states: Sequence[StateDict],
                  seed: int = 0) -> list[Perms]:
     """The weight-matching permutations of each of ``states`` to ``reference`` (the identity for

@@ -45,6 +45,15 @@ class ClientModels:
 RoundValues = dict[str, Any]
 
 
+def align_models(spec: PermutationSpec, models: ClientModels, *, reference: str,
+                 seed: int) -> AlignedModels:
+    """A round's client models aligned to ``reference`` (``barriers.align_reference``), the
+    matching seeded by (run seed, round): the one call of the hook and of the round pipeline."""
+    return align_round(spec, models.states, models.num_examples, models.client_ids, models.received,
+                       reference=reference,
+                       seed=derive_seed(seed, Stream.ALIGNMENT, models.server_round))
+
+
 def measure_record(
     cfg: BarrierConfig,
     model: nn.Module,
@@ -198,9 +207,7 @@ class BarrierHook:
         aligned = models.aligned
         if aligned is None:
             assert self.spec is not None
-            aligned = align_round(self.spec, models.states, models.num_examples, models.client_ids,
-                                  models.received, reference=self.cfg.align_reference,
-                                  seed=derive_seed(self.seed, Stream.ALIGNMENT, models.server_round))
+            aligned = align_models(self.spec, models, reference=self.cfg.align_reference, seed=self.seed)
         distances = (layer_distances(aligned.states, models.num_examples, self.groups, reference=None)
                      if self.cfg.distances else None)
         return {"reference": aligned.aligned_to, "states": aligned.states, "distances": distances,

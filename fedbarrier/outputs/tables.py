@@ -41,7 +41,15 @@ from typing import Any
 
 import pandas as pd
 
-from fedbarrier.plots.records import aligned_record, client_ids, client_value, is_local, local_mean_se, num
+from fedbarrier.plots.records import (
+    aligned_record,
+    client_ids,
+    client_value,
+    is_local,
+    layer_order,
+    local_mean_se,
+    num,
+)
 
 Record = Mapping[str, Any]
 
@@ -158,7 +166,7 @@ def _record_rows(rec: Record) -> Iterator[dict[str, Any]]:
 
 def _layer_sets(rec: Record) -> dict[str, list[list[str]]]:
     """The layer set of each cumulative family's entries, in record order."""
-    layers = [str(name) for name in rec.get("layers") or _local_layers(rec)]
+    layers = layer_order([dict(rec)])
     sets = {"shallow": [layers[:k] for k in range(1, len(layers) + 1)],
             "deep": [layers[::-1][:k] for k in range(1, len(layers) + 1)]}
     window = rec.get("window")
@@ -170,15 +178,6 @@ def _layer_sets(rec: Record) -> dict[str, list[list[str]]]:
         for r, order in enumerate(random.get("orders") or []):
             sets[f"random{r}"] = [list(order[:k]) for k in range(1, len(order) + 1)]
     return sets
-
-
-def _local_layers(rec: Record) -> list[str]:
-    for report in (rec.get("by_client") or {}).values():
-        if isinstance(report, Mapping) and report.get("layers"):
-            return list(report["layers"])
-    for by_layer in (rec.get("per_layer") or {}).values():
-        return list(by_layer)
-    return []
 
 
 def _families(rec: Record, sets: dict[str, list[list[str]]]
