@@ -6,13 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=experiments/results/alignment
 mkdir -p "$R"
-: > "$R/timings.txt"
-timed() {  # name, command...
-  local name=$1; shift
-  local start=$SECONDS
-  "$@"
-  echo "$name $((SECONDS - start)) s" >> "$R/timings.txt"
-}
+TIMINGS="$R/timings.txt"
+: > "$TIMINGS"
+source experiments/timed.sh
 for model in cnn mlp; do
   for seed in 0 1 2; do
     timed "centralized-$model-seed-$seed" fedbarrier run experiments/alignment-centralized.toml \

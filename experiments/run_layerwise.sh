@@ -7,16 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=experiments/results/layerwise-convnet
 mkdir -p "$R"
-: > "$R/timings.txt"
+TIMINGS="$R/timings.txt"
+: > "$TIMINGS"
+source experiments/timed.sh
 for setting in "same-init" "own-init --set train.client_init=own" "same-init-cosine --set train.lr_schedule=cosine" \
                "same-init-lr0.01 --set train.lr=0.01" "own-init-lr0.01 --set train.lr=0.01 --set train.client_init=own"; do
   set -- $setting
   name=$1; shift
   for seed in 0 1 2; do
-    start=$SECONDS
-    fedbarrier run experiments/layerwise-convnet.toml --quiet --force --set seed=$seed "$@" \
-      --out "$R/$name/seed-$seed"
-    echo "$name-seed-$seed $((SECONDS - start)) s" >> "$R/timings.txt"
+    timed "$name-seed-$seed" fedbarrier run experiments/layerwise-convnet.toml --quiet --force \
+      --set seed=$seed "$@" --out "$R/$name/seed-$seed"
   done
 done
 python experiments/layerwise_report.py "$R"

@@ -5,13 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=experiments/results
 mkdir -p "$R"
-: > "$R/timings.txt"
-timed() {  # name, command...
-  local name=$1; shift
-  local start=$SECONDS
-  "$@"
-  echo "$name $((SECONDS - start)) s" >> "$R/timings.txt"
-}
+TIMINGS="$R/timings.txt"
+: > "$TIMINGS"
+source experiments/timed.sh
 timed centralized-small fedbarrier run experiments/centralized-small.toml --quiet --force \
   --set output.save_client_models=true --out "$R/centralized-small"
 timed robustness fedbarrier analyze robustness "$R/centralized-small"

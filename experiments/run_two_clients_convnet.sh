@@ -5,16 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=experiments/results/two-clients-convnet
 mkdir -p "$R"
-: > "$R/timings.txt"
+TIMINGS="$R/timings.txt"
+: > "$TIMINGS"
+source experiments/timed.sh
 for split in "iid --set data.partition=iid" "dirichlet0.1 --set data.partition=dirichlet --set data.alpha=0.1"; do
   for strategy in local periodic; do
     set -- $split
     name="$1-$strategy"; shift
     for seed in 0 1 2; do
-      start=$SECONDS
-      fedbarrier run experiments/two-clients-convnet.toml --quiet --force --set seed=$seed "$@" \
-        --set strategy.name=$strategy --set output.plots=false --out "$R/$name/seed-$seed"
-      echo "$name-seed-$seed $((SECONDS - start)) s" >> "$R/timings.txt"
+      timed "$name-seed-$seed" fedbarrier run experiments/two-clients-convnet.toml --quiet --force \
+        --set seed=$seed "$@" --set strategy.name=$strategy --set output.plots=false \
+        --out "$R/$name/seed-$seed"
     done
   done
 done
