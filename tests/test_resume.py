@@ -63,6 +63,15 @@ def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bo
     return proc, private_tmp
 
 
+def ray_driver_log(private_tmp: Path, chars: int = 3000) -> str:
+    """The end of the stopped run's Ray driver and raylet logs, for a failure message: why a
+    driver ended otherwise than the test expects is written there, not to its stderr."""
+    logs = sorted(private_tmp.glob("ray/session_*/logs/python-core-driver-*.log"))
+    logs += sorted(private_tmp.glob("ray/session_*/logs/raylet.out"))
+    return "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-chars:]}"
+                   for log in logs)
+
+
 def left_behind(private_tmp: Path) -> str:
     """The processes of a stopped run's private Ray still alive after 10 s (Ray's helpers exit
     as their raylet goes); then they are killed and the folder removed, whatever the answer."""
@@ -182,7 +191,7 @@ def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_pa
     reader.join(timeout=30)
     stderr = "".join(lines)
     assert round_1.is_set() and not finished, f"the signal did not land mid-run:\n{stderr[-3000:]}"
-    assert proc.returncode == code, stderr[-3000:]
+    assert proc.returncode == code, stderr[-3000:] + ray_driver_log(private_tmp)
     # After round 1's line (and round 2's, if it was recorded before the signal landed):
     said = [line.rstrip("\n") for line in lines[next(i for i, line in enumerate(lines)
                                                       if re.match(r"round\s+1/", line)) + 1:]

@@ -141,3 +141,42 @@ def test_the_grid_gives_up_at_the_timeout():
     grid = SlowGrid()
     grid.pull_interval = 0.01
     assert StoppableGrid(grid).send_and_receive([7], timeout=0.0) == []
+
+
+@pytest.mark.parametrize("fallout", [RuntimeError("An error was encountered. Ending simulation."),
+                                     SystemExit(1)], ids=["engine-error", "sys-exit"])
+def test_what_a_stop_sets_off_still_ends_as_an_interrupted_run(fallout):
+    """After a SIGTERM to the whole job, Flower's engine may end with its own error (its clients
+    died with the same signal) or a helper may call sys.exit: the run was still asked to stop
+    and is whole, so it exits 143 with the resume hint, never 1 with a traceback."""
+    with pytest.raises(RunInterrupted) as stopped, graceful_stop(note=False):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise fallout
+    assert stopped.value.exit_code == 143 and stopped.value.__cause__ is fallout
+
+
+def test_an_error_without_a_stop_request_passes_unchanged():
+    with pytest.raises(RuntimeError, match="boom"), graceful_stop(note=False):
+        raise RuntimeError("boom")
+
+
+def test_the_note_goes_straight_to_the_stderr_file_descriptor(capfd, monkeypatch):
+    """Written with os.write, not print: a handler that interrupts the main thread inside a
+    write to sys.stderr must not raise (print would: 'reentrant call inside BufferedWriter')."""
+
+    class MidWrite:  # sys.stderr as the handler finds it when it interrupted a write
+        def fileno(self) -> int:
+            return 2
+
+        def write(self, text: str) -> int:
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+        def flush(self) -> None:
+            pass
+
+    with graceful_stop():
+        monkeypatch.setattr(sys, "stderr", MidWrite())
+        os.kill(os.getpid(), signal.SIGTERM)
+        monkeypatch.undo()
+    assert capfd.readouterr().err == ("SIGTERM: stopping; the round in progress is dropped "
+                                      "(SIGTERM again to stop at once)\n")

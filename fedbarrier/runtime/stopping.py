@@ -48,6 +48,17 @@ def raise_if_stop_requested() -> None:
         raise RunInterrupted(signum)
 
 
+def _say(line: str) -> None:
+    """Write one line to stderr from a signal handler: straight to the file descriptor, since
+    ``print`` raises if the handler interrupted the main thread while it was writing there."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without one (tests)
+        print(line, file=sys.stderr, flush=True)
+        return
+    os.write(fd, (line + "\n").encode())
+
+
 def _act_as_before(signum: int, previous: Any, frame: Any) -> None:
     """A second signal: what the process did before :func:`graceful_stop`, at once."""
     signal.signal(signum, previous)
@@ -80,18 +91,25 @@ def graceful_stop(note: bool = True, on_request: Callable[[], None] | None = Non
             _act_as_before(signum, previous[signum], frame)
             return
         request_stop(signum)
-        if on_request is not None:
-            on_request()
         if note:
             again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            print(f"{signal.Signals(signum).name}: stopping; the round in progress is dropped "
-                  f"({again} again to stop at once)", file=sys.stderr, flush=True)
+            _say(f"{signal.Signals(signum).name}: stopping; the round in progress is dropped "
+                 f"({again} again to stop at once)")
+        if on_request is not None:
+            on_request()
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     try:
         with _ray_keeps_our_sigterm_handler():
             yield
+    except (Exception, SystemExit) as exc:
+        # Asked to stop, the run may end through the fallout instead (Flower's engine losing
+        # clients that the same signal ended, a helper's exit): it is still an interrupted run,
+        # whole and resumable, not a crash. (KeyboardInterrupt, a second Ctrl-C, passes as is.)
+        if (signum := stop_requested()) is not None and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(signum) from exc
+        raise
     finally:
         for number, old in previous.items():
             signal.signal(number, old)
