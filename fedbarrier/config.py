@@ -164,6 +164,10 @@ class SimulationConfig:
                                words=("auto",))
     ray_address: str = _f("", "join an existing Ray cluster ('auto' or host:port; '' = "
                               "$RAY_ADDRESS if set, else start a private one)")
+    backend: str = _f("ray", "what runs the clients: 'ray' (Flower's Ray backend, clients in "
+                      "parallel worker processes) or 'inline' (one after another in this process: "
+                      "starts at once, debuggers work; for small runs and tests)",
+                      choices=("ray", "inline"))
 
 
 @dataclass(frozen=True)

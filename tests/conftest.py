@@ -34,10 +34,16 @@ TINY = [
     "barriers.n=60",
     "barriers.curve_points=5",
     "output.plots=false",
-    # On 2 cores one Ray worker serves the 3 clients: starting a worker (torch, Flower) costs ~5 s
-    # of CPU, the clients' work here milliseconds. tests/test_simulation.py runs two in parallel.
+    # Flower's engine with the clients in this process: no Ray to start (~4 s) and no worker to
+    # import torch and Flower (~5 s), where the clients' work is milliseconds. The tests of Ray
+    # itself (start-up, shutdown, signals, a joined cluster) and one run that must equal its
+    # inline twin add ON_RAY.
+    "simulation.backend=inline",
+    # On 2 cores one Ray worker serves the 3 clients (with ON_RAY): starting a worker costs ~5 s
+    # of CPU. tests/test_simulation.py runs two in parallel.
     f"simulation.num_cpus={min(2, os.cpu_count() or 1)}",
 ]
+ON_RAY = ["simulation.backend=ray"]
 
 
 @pytest.fixture
@@ -160,3 +166,24 @@ def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_stay_as_they_were():
+    """A test that leaves torch's thread count changed changes every later run in its process:
+    ``torch.set_num_threads`` in any thread sets the count of the threads started after it (the
+    server's, the clients'), and the count moves float results in the last bits (a resumed run
+    then differed from its reference by one ulp). Restore it, and fail that test."""
+    import torch
+
+    from fedbarrier.runtime.process_tuning import default_torch_threads
+
+    before = (torch.get_num_threads(), default_torch_threads())
+    yield
+    after = (torch.get_num_threads(), default_torch_threads())
+    if after != before:
+        torch.set_num_threads(before[0])
+        if default_torch_threads() != before[1]:
+            torch.set_num_threads(before[1])
+        pytest.fail(f"the test changed torch's thread count (this thread, new threads) from "
+                    f"{before} to {after}")

@@ -30,7 +30,7 @@ from fedbarrier.runtime.engine_patches import (
     supported,
     unsupported_reason,
 )
-from tests.conftest import TINY
+from tests.conftest import ON_RAY, TINY
 
 
 class FakeState:
@@ -241,7 +241,7 @@ def test_ray_is_shut_down_and_scratch_removed_whatever_raises_on_the_way(monkeyp
     monkeypatch.setattr(ray, "shutdown", shutdown)
     monkeypatch.setattr(simulation, "stop_autoscaler_monitor", stop_monitor)
     monkeypatch.setattr(simulation, "make_scratch", make_scratch)
-    cfg = load_config(None, [*TINY, "barriers.enabled=false", "train.rounds=1"])
+    cfg = load_config(None, [*TINY, *ON_RAY, "barriers.enabled=false", "train.rounds=1"])
     expected = KeyboardInterrupt if failing in ("monitor", "both") else OSError
     with pytest.raises(expected):
         run_experiment(cfg, tmp_path / "run", progress=False)
@@ -287,6 +287,7 @@ def test_a_run_is_dispatched_without_waiting_for_the_poll(monkeypatch, tmp_path)
     dispatch (the partition query, both phases of the round) and the end of the run wake the
     dispatcher."""
     monkeypatch.setattr(engine_latency, "POLL_INTERVAL", 300.0)
+    # The dispatcher is the engine's, whichever backend runs the clients: inline, no Ray start-up.
     cfg = load_config(None, [*TINY, "barriers.enabled=false", "train.rounds=1"])
     start = time.monotonic()
     run_experiment(cfg, tmp_path / "run", progress=False)

@@ -21,7 +21,7 @@ from fedbarrier.errors import UserError
 from fedbarrier.fl.simulation import resume_experiment, run_experiment
 from fedbarrier.runtime.rundir import RunDir
 from strategies.feddc import DAISY, feddc_step
-from tests.conftest import TINY, kill_processes_matching, tensorboard_scalars
+from tests.conftest import ON_RAY, TINY, kill_processes_matching, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,19 @@ CONFIGS = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}
 def records(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
             for line in path.read_text().splitlines()]
+
+
+def first_difference(a, b, path: str = "") -> str:
+    """Where two JSON-like values first differ, as a path and the two values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{path}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return first_difference(x, y, f"{path}[{i}]")
+    return f"{path}: {a!r} != {b!r}"
 
 
 def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bool = True,
@@ -165,7 +178,7 @@ def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_pa
                                                                           uninterrupted):
     """Sent to the whole process group, as a terminal's Ctrl-C or SLURM's SIGTERM is: Ray's
     processes get it too. One line says what happens and one how to resume; no traceback."""
-    cfg = load_config(None, RESUMABLE)
+    cfg = load_config(None, RESUMABLE + ON_RAY)
     run = tmp_path / "run"
     proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbc-", subprocess.PIPE, quiet=False,
                                       private_ray=True)
@@ -337,7 +350,8 @@ def test_a_full_disk_stops_with_one_line_and_the_moved_folder_resumes(tmp_path, 
     resume_experiment(moved, progress=False)
     reference = uninterrupted("fedper")
     assert records(moved / "metrics.jsonl") == records(reference / "metrics.jsonl")
-    assert records(moved / "barriers.jsonl") == records(reference / "barriers.jsonl")
+    assert records(moved / "barriers.jsonl") == records(reference / "barriers.jsonl"), \
+        first_difference(records(moved / "barriers.jsonl"), records(reference / "barriers.jsonl"))
 
 
 @pytest.mark.xdist_group("fedper")
@@ -362,7 +376,7 @@ def test_a_damaged_record_resumes_where_everything_agrees_and_equals_the_uninter
 def test_a_signal_during_start_up_exits_130_without_traceback(tmp_path, after):
     """Before the first round: while Python imports and checks, or while Ray starts (the
     run's graceful stop is already listening, the server not yet asking)."""
-    cfg = load_config(None, RESUMABLE)
+    cfg = load_config(None, RESUMABLE + ON_RAY)
     run = tmp_path / "run"
     proc, private_tmp = start_cli_run(tmp_path, cfg, run, "fbs-", subprocess.PIPE,
                                       private_ray=True)

@@ -20,7 +20,7 @@ from fedbarrier.fl import simulation
 from fedbarrier.fl.simulation import run_experiment
 from fedbarrier.measure.layers import layer_groups
 from fedbarrier.runtime.build import initial_model
-from tests.conftest import TINY
+from tests.conftest import ON_RAY, TINY
 
 # One process builds the module's tiny run and runs every test that reads it.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-run")]
@@ -37,7 +37,7 @@ def read(path: Path):
 
 
 # Two workers train and measure in parallel (as in real runs): records must not depend on timing.
-TINY_OVERRIDES = [*TINY, "output.save_client_models=true", "simulation.num_cpus=1"]
+TINY_OVERRIDES = [*TINY, *ON_RAY, "output.save_client_models=true", "simulation.num_cpus=1"]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,31 @@ def test_run_directory_holds_every_record(tiny_run):
     ckpt = out / "checkpoints" / "round-0002"
     assert sorted(p.name for p in ckpt.iterdir()) == ["client-0.pt", "client-1.pt",
                                                        "client-2.pt", "global.pt"]
+
+
+def test_clients_inline_give_the_numbers_of_clients_in_ray_workers(tiny_run, tmp_path):
+    """simulation.backend = "inline" (what most tests use) runs the same ClientApp through the
+    same Flower engine in this process: every recorded number and every saved model equals the
+    Ray run's."""
+    cfg, out = tiny_run
+    inline = tmp_path / "inline"
+    run_experiment(replace(cfg, simulation=replace(cfg.simulation, backend="inline")), inline,
+                   progress=False)
+    for name in ("metrics.jsonl", "barriers.jsonl"):
+        assert without_timings(read(inline / name)) == without_timings(read(out / name)), name
+    saved = sorted(p.relative_to(out) for p in (out / "clients").rglob("*.pt"))
+    assert saved and saved == sorted(p.relative_to(inline) for p in (inline / "clients").rglob("*.pt"))
+    for path in saved:
+        assert same(torch.load(inline / path), torch.load(out / path)), path
+
+
+def same(a, b) -> bool:
+    """Equal nested dicts of tensors (and plain values), tensors bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return bool(a == b)
 
 
 def test_ray_is_shut_down_after_a_run(tiny_run):

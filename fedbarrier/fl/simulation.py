@@ -25,7 +25,9 @@ from fedbarrier.errors import UserError
 from fedbarrier.fl.protocol import ModelCheck
 from fedbarrier.outputs.progress import live_display
 from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
-from fedbarrier.runtime.process_tuning import frozen_heap
+from fedbarrier.runtime.inline_backend import inline_backend
+from fedbarrier.runtime.inline_backend import unsupported_reason as inline_unsupported
+from fedbarrier.runtime.process_tuning import frozen_heap, torch_threads_restored
 from fedbarrier.runtime.rundir import CLIENTS_DIR, RunDir, environment_info
 from fedbarrier.runtime.scratch import make_scratch
 from fedbarrier.runtime.stopping import graceful_stop, raise_if_stop_requested
@@ -78,6 +80,8 @@ def preflight(cfg: Config) -> None:
 
     resolve_device(cfg.train.device)  # a CUDA device this machine has not: before anything is written
     flower_run_simulation()  # a Flower without it: before anything is written
+    if cfg.simulation.backend == "inline" and (why := inline_unsupported()):
+        raise UserError(f'simulation.backend = "inline" cannot run here: {why}; use "ray"')
 
     with _flower_logs(logging.WARNING):
         strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))
@@ -332,7 +336,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     try:
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
         with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
-                warnings.catch_warnings(), frozen_heap(), fast_dispatch(), \
+                warnings.catch_warnings(), frozen_heap(), torch_threads_restored(), fast_dispatch(), \
+                (inline_backend() if cfg.simulation.backend == "inline" else nullcontext()), \
                 graceful_stop(on_request=_silence_engine), \
                 (live_display() if progress else nullcontext()):
             # Ray announces a future change for num_gpus = 0 workers; today's behaviour (hide

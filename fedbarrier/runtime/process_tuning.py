@@ -67,3 +67,38 @@ def frozen_heap() -> Iterator[None]:
     finally:
         if not frozen_before:
             gc.unfreeze()
+
+
+def default_torch_threads() -> int:
+    """The torch thread count a thread started now begins with. ``torch.set_num_threads`` in any
+    thread sets it for every thread started after, whatever the caller's own count."""
+    import threading
+
+    import torch
+
+    seen: list[int] = []
+    probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    return seen[0]
+
+
+@contextmanager
+def torch_threads_restored() -> Iterator[None]:
+    """Leave torch's thread counts as they were: this thread's and the one later threads start
+    with. A run sets them in its threads (the server's is single-threaded, inline clients get
+    their ``num_cpus``); left behind, they would change the next run in this process (a notebook,
+    a sweep, a test), whose float results move in the last bits with the count."""
+    import threading
+
+    import torch
+
+    own, default = torch.get_num_threads(), default_torch_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(own)
+        if default != own:  # from another thread: sets the default, not this thread's count
+            setter = threading.Thread(target=torch.set_num_threads, args=(default,))
+            setter.start()
+            setter.join()
