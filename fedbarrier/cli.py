@@ -24,7 +24,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,7 +41,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedbarrier.fl.simulation import resume_experiment, run_experiment
+    with interrupts_deferred():  # torch, Flower and Ray load C extensions
+        from fedbarrier.fl.simulation import resume_experiment, run_experiment
 
     if args.resume:
         check = load_config(args.config, args.overrides) if args.config else None
@@ -263,6 +265,10 @@ def _resume_hint(args: argparse.Namespace, before: str = "") -> str:
 _interrupted = threading.Event()
 
 
+#: Set while :func:`interrupts_deferred` is active: SIGINT is remembered, raised at its end.
+_deferring: list[bool] = []
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     """SIGINT while a command runs: remember it, then stop the command (as Python's handler does).
 
@@ -270,7 +276,25 @@ def _interrupt(signum: int, frame: Any) -> None:
     an exit handler of Flower, Ray or torch, a ``finally`` that raises something else).
     """
     _interrupted.set()
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A Ctrl-C inside the block stops the command when the block ends, not inside it.
+
+    For importing torch, Flower and Ray: a KeyboardInterrupt raised while a C extension
+    initializes aborted the process (status -6 and a C++ stack dump, seen with a Ctrl-C one
+    second after ``fedbarrier run`` started).
+    """
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    if not _deferring and _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def _exit_interrupted(hint: str = "") -> NoReturn:

@@ -187,3 +187,4 @@ def torch_threads_stay_as_they_were():
             torch.set_num_threads(before[1])
         pytest.fail(f"the test changed torch's thread count (this thread, new threads) from "
                     f"{before} to {after}")
+

@@ -41,7 +41,7 @@ def client_states(name, shape, k=3):
 
 
 @pytest.mark.parametrize("name, shape", [("cnn", (1, 8, 8)), ("mlp", (1, 8, 8)),
-                                         ("resnet18", (3, 16, 16))])
+                                         ("resnet18", (3, 8, 8))])
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("channels_last", [None, False])
 def test_evaluator_matches_plain_forward(name, shape, share, channels_last):

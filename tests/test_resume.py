@@ -174,8 +174,7 @@ def test_resume_refuses_a_different_config_and_finished_runs(uninterrupted):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["ctrl-c", "sigterm"])
-def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path, sig, code,
-                                                                          uninterrupted):
+def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_path, sig, code):
     """Sent to the whole process group, as a terminal's Ctrl-C or SLURM's SIGTERM is: Ray's
     processes get it too. One line says what happens and one how to resume; no traceback."""
     cfg = load_config(None, RESUMABLE + ON_RAY)
@@ -216,12 +215,9 @@ def test_a_signal_stops_cleanly_shuts_ray_down_and_leaves_a_resumable_run(tmp_pa
     assert left_behind(private_tmp) == "", f"Ray processes survived {sig.name}"
     rounds = [r["round"] for r in records(run / "metrics.jsonl")]
     assert rounds == list(range(len(rounds))) and RunDir(run).last_complete_round() == rounds[-1]
-    if sig == signal.SIGINT:  # resuming is the same after either (and after kill -9, above)
-        return
-    resume_experiment(run, progress=False)
-    reference = uninterrupted("fedper")
-    assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
-    assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
+    # That records stopped this way resume to the uninterrupted numbers is checked without
+    # signals or Ray below (test_a_stop_asked_while_measuring_or_writing_drops_only_the_next_round
+    # stops with SIGTERM's request) and after kill -9 above.
 
 
 @pytest.fixture
@@ -428,3 +424,18 @@ def test_a_stop_asked_while_measuring_or_writing_drops_only_the_next_round(
     reference = uninterrupted("fedper")
     assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
     assert records(run / "barriers.jsonl") == records(reference / "barriers.jsonl")
+
+
+def test_a_ctrl_c_while_torch_loads_waits_for_the_import_to_end(interrupts):
+    """A KeyboardInterrupt raised inside a C extension's initialization aborted the process
+    (status -6, a C++ stack dump); inside the block it is remembered and raised at its end."""
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.interrupts_deferred():
+            previous = signal.signal(signal.SIGINT, interrupts._interrupt)
+            try:
+                signal.raise_signal(signal.SIGINT)  # the handler runs before this returns
+                reached.append("the rest of the import")
+            finally:
+                signal.signal(signal.SIGINT, previous)
+    assert reached == ["the rest of the import"] and interrupts._interrupted.is_set()
