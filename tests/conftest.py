@@ -95,18 +95,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ray_cluster(request):
-    """Simulation tests join one Ray cluster through ``RAY_ADDRESS`` (runs and their subprocesses
-    read it) instead of each starting and stopping a private instance, ~5 s a run on 2 cores.
-
-    Started only when slow tests are collected and no ``RAY_ADDRESS`` is set; the value is its
-    address, else None. Tests of the private instance itself (its shutdown, its scratch folder,
-    Ctrl-C) unset the variable for their run.
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster of the test process's own, joined through ``RAY_ADDRESS`` (runs and their
+    subprocesses read it): for the test of joining a cluster. Started when first asked for (most
+    runs here use the inline backend, the Ray ones a private instance, as `fedbarrier run` does);
+    the value is its address, or None where ``ray`` is missing or ``RAY_ADDRESS`` is already set.
     """
-    wanted = any(item.get_closest_marker("slow") for item in request.session.items)
     ray_bin = shutil.which("ray")
-    if not wanted or ray_bin is None or os.environ.get("RAY_ADDRESS"):
+    if ray_bin is None or os.environ.get("RAY_ADDRESS"):
         yield None
         return
     temp = tempfile.mkdtemp(prefix="fbr-", dir="/tmp" if os.path.isdir("/tmp") else None)
