@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -313,3 +314,41 @@ def test_autoscaler_monitor_of_a_local_ray_is_stopped(private_ray) -> None:
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fallout", [SystemExit(1), OSError("the GCS is gone")],
+                         ids=["sys-exit", "error"])
+def test_a_stopped_run_stays_interrupted_when_its_clean_up_fails(monkeypatch, tmp_path,
+                                                                 fallout) -> None:
+    """SIGTERM to the whole job stops Ray's processes too: stopping Ray afterwards may fail (CI
+    saw a SIGTERM'd run exit 1 after its stop note). The run is still an interrupted one, its
+    scratch folder is still removed."""
+    import flwr.simulation
+    import ray
+
+    from fedbarrier.errors import RunInterrupted
+
+    def run_simulation(**kwargs):
+        raise RunInterrupted(signal.SIGTERM)
+
+    def shutdown() -> None:
+        raise fallout
+
+    scratches = []
+
+    def make_scratch(root: str):
+        scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=tmp_path)
+        scratches.append(scratch)
+        return scratch
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(simulation, "stop_autoscaler_monitor", lambda: True)
+    monkeypatch.setattr(simulation, "make_scratch", make_scratch)
+    cfg = load_config(None, [*TINY, *ON_RAY, "barriers.enabled=false", "train.rounds=1"])
+    with pytest.raises(RunInterrupted) as stopped:
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert stopped.value.exit_code == 143
+    [scratch] = scratches
+    assert not Path(scratch.name).exists()

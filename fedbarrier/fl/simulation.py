@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from fedbarrier.config import Config, config_differences, load_config, to_toml
 from fedbarrier.data.federation import federation, share_data
-from fedbarrier.errors import UserError
+from fedbarrier.errors import RunInterrupted, UserError
 from fedbarrier.fl.protocol import ModelCheck
 from fedbarrier.outputs.progress import live_display
 from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
@@ -354,7 +354,15 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
             )
             raise_if_stop_requested()  # asked during the last round: the run is whole, yet stopped
     finally:
-        _stop_ray_and_clean_up(ray, scratch)
+        stopped = sys.exc_info()[1]
+        try:
+            _stop_ray_and_clean_up(ray, scratch)
+        except BaseException:
+            # A stopped run's clean-up may fail with Ray's processes gone to the same signal
+            # (SIGTERM to the whole job): that is fallout; the run stays an interrupted one
+            # (exit 128 + signal, the resume hint), not an error of its own.
+            if not isinstance(stopped, RunInterrupted):
+                raise
     if cfg.output.plots:
         from fedbarrier.plots import plot_run
 
