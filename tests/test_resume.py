@@ -79,8 +79,10 @@ def start_cli_run(tmp_path: Path, cfg, run: Path, prefix: str, stderr, quiet: bo
 def ray_driver_log(private_tmp: Path, chars: int = 3000) -> str:
     """The end of the stopped run's Ray driver and raylet logs, for a failure message: why a
     driver ended otherwise than the test expects is written there, not to its stderr."""
-    logs = sorted(private_tmp.glob("ray/session_*/logs/python-core-driver-*.log"))
-    logs += sorted(private_tmp.glob("ray/session_*/logs/raylet.out"))
+    # The run's scratch folder (inside private_tmp) holds Ray's session; a driver that ended
+    # without its clean-up leaves it there.
+    logs = sorted(private_tmp.rglob("python-core-driver-*.log"))
+    logs += sorted(private_tmp.rglob("raylet.out")) + sorted(private_tmp.rglob("gcs_server.out"))
     return "".join(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-chars:]}"
                    for log in logs)
 
