@@ -207,13 +207,33 @@ def test_stop_autoscaler_monitor_never_raises(monkeypatch, process) -> None:
     assert stop_autoscaler_monitor() is False
 
 
+def ray_left_up(monkeypatch, tmp_path, *, run_simulation, shutdown, stop_monitor):
+    """A tiny config whose run leaves Ray up for _simulate's clean-up: Flower's run_simulation,
+    ray.shutdown and the monitor stop replaced. Returns it with the list of scratch folders the
+    run is given (kept alive there: a collected TemporaryDirectory removes itself)."""
+    import flwr.simulation
+    import ray
+
+    scratches: list[tempfile.TemporaryDirectory] = []
+
+    def make_scratch(root: str):
+        scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=tmp_path)
+        scratches.append(scratch)
+        return scratch
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(simulation, "stop_autoscaler_monitor", stop_monitor)
+    monkeypatch.setattr(simulation, "make_scratch", make_scratch)
+    return load_config(None, [*TINY, *ON_RAY, "barriers.enabled=false", "train.rounds=1"]), scratches
+
+
 @pytest.mark.parametrize("failing", ["monitor", "shutdown", "both"])
 def test_ray_is_shut_down_and_scratch_removed_whatever_raises_on_the_way(monkeypatch, tmp_path,
                                                                          failing) -> None:
     """A run that failed early leaves Ray up: _simulate's clean-up stops it and removes the
     scratch folder even when a step before raises (a KeyboardInterrupt included)."""
-    import flwr.simulation
-    import ray
 
     def run_simulation(**kwargs):
         raise RuntimeError("the run failed early")
@@ -230,25 +250,15 @@ def test_ray_is_shut_down_and_scratch_removed_whatever_raises_on_the_way(monkeyp
         if failing in ("shutdown", "both"):
             raise OSError("ray.shutdown failed")
 
-    scratches = []  # kept alive here: a collected TemporaryDirectory removes itself
-
-    def make_scratch(root: str):
-        scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=tmp_path)
-        scratches.append(scratch)
-        return scratch
-
-    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "shutdown", shutdown)
-    monkeypatch.setattr(simulation, "stop_autoscaler_monitor", stop_monitor)
-    monkeypatch.setattr(simulation, "make_scratch", make_scratch)
-    cfg = load_config(None, [*TINY, *ON_RAY, "barriers.enabled=false", "train.rounds=1"])
+    cfg, scratches = ray_left_up(monkeypatch, tmp_path, run_simulation=run_simulation,
+                                 shutdown=shutdown, stop_monitor=stop_monitor)
     expected = KeyboardInterrupt if failing in ("monitor", "both") else OSError
     with pytest.raises(expected):
         run_experiment(cfg, tmp_path / "run", progress=False)
     assert shutdowns == [True]
     [scratch] = scratches
     assert not Path(scratch.name).exists()
+
 
 
 def test_dispatcher_is_woken_by_a_new_message_not_by_its_poll(monkeypatch) -> None:
@@ -323,9 +333,6 @@ def test_a_stopped_run_stays_interrupted_when_its_clean_up_fails(monkeypatch, tm
     """SIGTERM to the whole job stops Ray's processes too: stopping Ray afterwards may fail (CI
     saw a SIGTERM'd run exit 1 after its stop note). The run is still an interrupted one, its
     scratch folder is still removed."""
-    import flwr.simulation
-    import ray
-
     from fedbarrier.errors import RunInterrupted
 
     def run_simulation(**kwargs):
@@ -334,19 +341,8 @@ def test_a_stopped_run_stays_interrupted_when_its_clean_up_fails(monkeypatch, tm
     def shutdown() -> None:
         raise fallout
 
-    scratches = []
-
-    def make_scratch(root: str):
-        scratch = tempfile.TemporaryDirectory(prefix="fedbarrier-", dir=tmp_path)
-        scratches.append(scratch)
-        return scratch
-
-    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "shutdown", shutdown)
-    monkeypatch.setattr(simulation, "stop_autoscaler_monitor", lambda: True)
-    monkeypatch.setattr(simulation, "make_scratch", make_scratch)
-    cfg = load_config(None, [*TINY, *ON_RAY, "barriers.enabled=false", "train.rounds=1"])
+    cfg, scratches = ray_left_up(monkeypatch, tmp_path, run_simulation=run_simulation,
+                                 shutdown=shutdown, stop_monitor=lambda: True)
     with pytest.raises(RunInterrupted) as stopped:
         run_experiment(cfg, tmp_path / "run", progress=False)
     assert stopped.value.exit_code == 143
