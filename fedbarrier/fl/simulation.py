@@ -25,8 +25,8 @@ from fedbarrier.errors import RunInterrupted, UserError
 from fedbarrier.fl.protocol import ModelCheck
 from fedbarrier.outputs.progress import live_display
 from fedbarrier.runtime.engine_patches import fast_dispatch, stop_autoscaler_monitor
+from fedbarrier.runtime.inline_backend import check_supported as check_inline_backend
 from fedbarrier.runtime.inline_backend import inline_backend
-from fedbarrier.runtime.inline_backend import unsupported_reason as inline_unsupported
 from fedbarrier.runtime.process_tuning import frozen_heap, torch_threads_restored
 from fedbarrier.runtime.rundir import CLIENTS_DIR, RunDir, environment_info
 from fedbarrier.runtime.scratch import make_scratch
@@ -80,8 +80,8 @@ def preflight(cfg: Config) -> None:
 
     resolve_device(cfg.train.device)  # a CUDA device this machine has not: before anything is written
     flower_run_simulation()  # a Flower without it: before anything is written
-    if cfg.simulation.backend == "inline" and (why := inline_unsupported()):
-        raise UserError(f'simulation.backend = "inline" cannot run here: {why}; use "ray"')
+    if cfg.simulation.backend == "inline":
+        check_inline_backend()
 
     with _flower_logs(logging.WARNING):
         strategy = build_strategy(cfg.strategy, cfg.data.num_clients, model_layers(cfg))

@@ -55,6 +55,15 @@ def unsupported_reason() -> str | None:
     return site if isinstance(site, str) else None
 
 
+def check_supported() -> tuple[Any, Any, Any, Any]:
+    """:func:`_flower_backend_site`, or the one-line UserError that says why the inline backend
+    cannot run here (preflight raises it before anything is written)."""
+    site = _flower_backend_site()
+    if isinstance(site, str):
+        raise UserError(f'simulation.backend = "inline" cannot run here: {site}; use "ray"')
+    return site
+
+
 def make_inline_backend_class(backend_abc: Any, client_app_exception: Any,
                               load_error: Any) -> type:
     """A Flower ``Backend`` that runs the ClientApp in this process (see the module docstring)."""
@@ -103,10 +112,7 @@ def make_inline_backend_class(backend_abc: Any, client_app_exception: Any,
 @contextmanager
 def inline_backend() -> Iterator[None]:
     """Inside the block, Flower's simulation engine runs ClientApps in this process."""
-    site = _flower_backend_site()
-    if isinstance(site, str):
-        raise UserError(f'simulation.backend = "inline" cannot run here: {site}; use "ray"')
-    raybackend, backend_abc, client_app_exception, load_error = site
+    raybackend, backend_abc, client_app_exception, load_error = check_supported()
     saved = raybackend.RayBackend
     raybackend.RayBackend = make_inline_backend_class(backend_abc, client_app_exception,
                                                       load_error)
