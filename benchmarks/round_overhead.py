@@ -6,9 +6,15 @@ every client evaluates the new global model on its local test part, and the serv
 on the global test set. Barriers are off (their cost is measured by `barrier_cost` and reported
 separately here as the quickstart's hook overhead).
 
-The plain loop trains the clients one after another with the same seeds, steps and learning rates
-(`fedbarrier.learn.local.train`), averages like FedAvg and evaluates the same data. Both run on the same
-machine in the same invocation; the table prints ratios.
+Two baselines do the same SGD steps (same seeds, steps and learning rates,
+`fedbarrier.learn.local.local_update`), average like FedAvg and evaluate the same data:
+
+- the plain loop: one process trains the clients one after another with all of torch's threads;
+- the parallel plain loop, the machine's limit on 2 cores: two 1-thread worker processes train
+  half the clients each and evaluate them, while the parent (1 thread) averages and evaluates the
+  global model on the test set during the clients' evaluation (as fedbarrier overlaps them).
+
+All run on the same machine in the same invocation; the table prints ratios.
 
     python -m benchmarks.round_overhead [--rounds 20] [--repeats 2]
 """
@@ -71,6 +77,74 @@ def plain_loop(cfg: Config, device: torch.device | str = "cpu") -> list[float]:
     return times
 
 
+_worker: dict[str, object] = {}
+
+
+def _start_worker(cfg: Config) -> None:
+    """A parallel plain loop's worker: 1 torch thread, its own copy of the data and model."""
+    torch.set_num_threads(1)
+    fed = federation(cfg.data, cfg.seed)
+    _worker.update(cfg=cfg, fed=fed, model=initial_model(cfg, fed))
+
+
+def _train_clients(state: dict[str, torch.Tensor], clients: list[int], server_round: int
+                   ) -> list[tuple[dict[str, torch.Tensor], int]]:
+    cfg, fed, model = _worker["cfg"], _worker["fed"], _worker["model"]
+    out = []
+    for pid in clients:
+        model.load_state_dict(state)  # type: ignore[attr-defined]
+        data = fed.client_train(pid)  # type: ignore[attr-defined]
+        local_update(model, data.x, data.y, cfg.train, run_seed=cfg.seed,  # type: ignore[arg-type, attr-defined]
+                     client=pid, server_round=server_round, device=torch.device("cpu"))
+        out.append(({k: v.detach().clone() for k, v in model.state_dict().items()},  # type: ignore[attr-defined]
+                    len(data)))
+    return out
+
+
+def _evaluate_clients(state: dict[str, torch.Tensor], clients: list[int]) -> None:
+    cfg, fed, model = _worker["cfg"], _worker["fed"], _worker["model"]
+    model.load_state_dict(state)  # type: ignore[attr-defined]
+    for pid in clients:
+        test = fed.client_test(pid)  # type: ignore[attr-defined]
+        evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,  # type: ignore[arg-type, attr-defined]
+                 device=torch.device("cpu"))
+
+
+def parallel_plain_loop(cfg: Config, workers: int = 2) -> list[float]:
+    """Seconds per round of the same computation in ``workers`` plain 1-thread processes, each
+    training and evaluating its share of the clients (the first ``n / workers``, the next ...)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    fed = federation(cfg.data, cfg.seed)
+    n = fed.num_clients
+    shares = [list(range(i * n // workers, (i + 1) * n // workers)) for i in range(workers)]
+    model = initial_model(cfg, fed)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    times = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(cfg,)) as pool:
+        torch.set_num_threads(1)
+        try:
+            for r in range(1, cfg.train.rounds + 1):
+                start = time.perf_counter()
+                trained = [pair for part in pool.map(_train_clients, [global_state] * workers,
+                                                     shares, [r] * workers) for pair in part]
+                total = sum(n for _, n in trained)
+                global_state = {k: sum(n / total * s[k] for s, n in trained) for k in global_state}
+                clients = [pool.submit(_evaluate_clients, global_state, share) for share in shares]
+                model.load_state_dict(global_state)
+                evaluate(model, fed.splits.test.x, fed.splits.test.y,
+                         batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))
+                for done in clients:
+                    done.result()
+                times.append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
+    return times
+
+
 def fedbarrier_run(cfg: Config) -> tuple[list[float], float]:
     """Seconds per round (from metrics.jsonl) and the whole run's seconds, start-up included."""
     from fedbarrier.fl.simulation import run_experiment
@@ -99,28 +173,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     off_main_thread(lambda: federation(cfg.data, cfg.seed))  # not part of either timing
     # Best of alternating repeats: on a shared 2-core machine one run of either side varied by
     # up to 30 % (slow phases last minutes), and the fastest run is the least disturbed one.
-    plain_rounds, plain_totals, fb_rounds, fb_totals = [], [], [], []
+    plain_rounds, plain_totals, fb_rounds, fb_totals, par_rounds, par_totals = ([] for _ in range(6))
     for _ in range(args.repeats):
         # Both sides run their torch work off the main thread, as `fedbarrier run` does (see
         # fedbarrier.fl.simulation.off_main_thread): a leftover OpenMP team slows the other side.
         start = time.perf_counter()
         plain_rounds.append(steady(off_main_thread(lambda: plain_loop(cfg))))
         plain_totals.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        par_rounds.append(steady(off_main_thread(lambda: parallel_plain_loop(cfg))))
+        par_totals.append(time.perf_counter() - start)
         fb, fb_total = fedbarrier_run(cfg)
         fb_rounds.append(steady(fb))
         fb_totals.append(fb_total)
     out = {"plain_round_s": min(plain_rounds), "fedbarrier_round_s": min(fb_rounds),
-           "plain_run_s": min(plain_totals), "fedbarrier_run_s": min(fb_totals)}
+           "plain_run_s": min(plain_totals), "fedbarrier_run_s": min(fb_totals),
+           "parallel_round_s": min(par_rounds), "parallel_run_s": min(par_totals)}
     out["round_ratio"] = out["fedbarrier_round_s"] / out["plain_round_s"]
     out["run_ratio"] = out["fedbarrier_run_s"] / out["plain_run_s"]
+    out["parallel_round_ratio"] = out["fedbarrier_round_s"] / out["parallel_round_s"]
+    out["parallel_run_ratio"] = out["fedbarrier_run_s"] / out["parallel_run_s"]
     print(f"{args.rounds} rounds, 10 clients x 500 examples, small CNN, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads in the plain loop; best of "
-          f"{args.repeats} alternating runs of each side")
-    print(f"{'figure':<34}{'fedbarrier (s)':>16}{'plain loop (s)':>16}{'ratio':>8}")
-    print(f"{'steady-state time per round':<34}{out['fedbarrier_round_s']:>16.2f}"
-          f"{out['plain_round_s']:>16.2f}{out['round_ratio']:>8.2f}")
-    print(f"{'whole run, start-up included':<34}{out['fedbarrier_run_s']:>16.2f}"
-          f"{out['plain_run_s']:>16.2f}{out['run_ratio']:>8.2f}")
+          f"{torch.__version__}, {torch.get_num_threads()} threads in the plain loop, 2 x 1 in "
+          f"the parallel one; best of {args.repeats} alternating runs of each side")
+    print(f"{'figure':<34}{'fedbarrier (s)':>16}{'plain loop (s)':>16}{'ratio':>8}"
+          f"{'2 plain procs (s)':>19}{'ratio':>8}")
+    for label, key in (("steady-state time per round", "round"),
+                       ("whole run, start-up included", "run")):
+        print(f"{label:<34}{out[f'fedbarrier_{key}_s']:>16.2f}{out[f'plain_{key}_s']:>16.2f}"
+              f"{out[f'{key}_ratio']:>8.2f}{out[f'parallel_{key}_s']:>19.2f}"
+              f"{out[f'parallel_{key}_ratio']:>8.2f}")
     return out
 
 

@@ -286,6 +286,23 @@ def test_synthetic_is_deterministic_and_seeded() -> None:
     assert torch.equal(first.test.x, bigger.test.x)  # test set independent of train_size
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 40, 1000])
+def test_synthetic_images_do_not_depend_on_the_generation_chunk(chunk: int) -> None:
+    """Chunks bound the generator's memory (2 million images at 100,000 clients); the images are
+    those of one whole-array expression, bit for bit, whatever the chunk."""
+    from fedbarrier.data.synthetic import _synthetic_split
+
+    means = np.random.default_rng(0).standard_normal((4, 2, 3, 3))
+    x, y = _synthetic_split(np.random.default_rng(5), means, 40, 0.7, chunk=chunk)
+    rng = np.random.default_rng(5)
+    labels = rng.permutation(np.arange(40) % 4)
+    draw = rng.standard_normal((40, 2, 3, 3), dtype=np.float32)
+    expected = means[labels].astype(np.float32) + np.float32(0.7) * draw
+    expected /= np.float32(np.sqrt(1.0 + 0.7**2))
+    assert np.array_equal(y, labels) and x.dtype == np.float32
+    assert np.array_equal(x, expected)
+
+
 @pytest.mark.parametrize(("noise", "min_accuracy"), [(1.0, 0.95), (20.0, 0.3)])
 def test_synthetic_is_learnable(noise: float, min_accuracy: float) -> None:
     splits = load_dataset("synthetic", synthetic=SyntheticSpec(noise=noise))

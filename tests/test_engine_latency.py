@@ -40,14 +40,16 @@ class FakeState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pending: dict[int, list[str]] = {}
+        self.asked: list[int] = []
 
     def add(self, node_id: int, message: str) -> None:
         with self.lock:
             self.pending.setdefault(node_id, []).append(message)
-        engine_latency._new_message.set()  # what the patched store_message_ins does
+        engine_latency._mailbox.note(node_id)  # what the patched store_message_ins does
 
     def get_message_ins(self, node_id: int, limit: int | None) -> list[str]:
         with self.lock:
+            self.asked.append(node_id)
             messages = self.pending.get(node_id, [])
             taken, self.pending[node_id] = messages[:limit], messages[limit:]
         return taken
@@ -59,7 +61,7 @@ def engine_names() -> tuple:
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
     return (vce_api.add_messages_to_queue, vce_api.Queue, InMemoryLinkState.store_message_ins,
-            RayBackend.terminate)
+            RayBackend.terminate, vce_api._register_node_info_stores)
 
 
 def test_installed_flower_and_ray_are_those_the_fixes_were_written_for() -> None:
@@ -97,6 +99,7 @@ def _flower_functions_with_other_signatures():
     def add_messages_to_queue(state, queue, nodes_mapping, f_stop, poll=0.1): ...
     def store_message_ins(self, message, *, validate=True): ...
     def terminate(self, timeout): ...
+    def _register_node_info_stores(nodes_mapping, run): ...
 
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
@@ -104,11 +107,12 @@ def _flower_functions_with_other_signatures():
 
     return [(vce_api, "add_messages_to_queue", add_messages_to_queue),
             (InMemoryLinkState, "store_message_ins", store_message_ins),
-            (RayBackend, "terminate", terminate)]
+            (RayBackend, "terminate", terminate),
+            (vce_api, "_register_node_info_stores", _register_node_info_stores)]
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["add_messages_to_queue", "store_message_ins",
-                                                  "terminate"])
+@pytest.mark.parametrize("index", [0, 1, 2, 3], ids=["add_messages_to_queue", "store_message_ins",
+                                                     "terminate", "_register_node_info_stores"])
 def test_a_changed_signature_leaves_the_engine_unpatched(monkeypatch, index) -> None:
     owner, name, changed = _flower_functions_with_other_signatures()[index]
     monkeypatch.setattr(owner, name, changed)
@@ -135,6 +139,20 @@ def test_fast_dispatch_replaces_the_engine_names_and_restores_them() -> None:
     assert engine_names() == before
 
 
+def test_the_engines_node_mapping_is_published_during_the_run_only(monkeypatch) -> None:
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    monkeypatch.setattr(vce_api, "_register_node_info_stores",
+                        lambda nodes_mapping, run, app_dir=None: {n: "store" for n in nodes_mapping})
+    assert engine_latency.simulated_partitions() is None
+    with fast_dispatch():
+        stores = vce_api._register_node_info_stores(nodes_mapping={7: 0, 3: 1}, run=None,
+                                                    app_dir=None)
+        assert stores == {7: "store", 3: "store"}  # Flower's own result, unchanged
+        assert engine_latency.simulated_partitions() == {7: 0, 3: 1}
+    assert engine_latency.simulated_partitions() is None
+
+
 def test_a_failing_dispatcher_falls_back_to_flowers_own(monkeypatch) -> None:
     from flwr.server.superlink.fleet.vce import vce_api
 
@@ -156,7 +174,8 @@ def test_a_failing_dispatcher_falls_back_to_flowers_own(monkeypatch) -> None:
     assert not thread.is_alive()
 
 
-def test_a_failing_wake_up_still_stores_the_message_as_flower_does(monkeypatch) -> None:
+def test_a_failing_wake_up_still_stores_the_message_and_the_dispatcher_scans_all(
+        monkeypatch) -> None:
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
     stored = []
@@ -165,16 +184,48 @@ def test_a_failing_wake_up_still_stores_the_message_as_flower_does(monkeypatch) 
         stored.append(message)
         return "message-id"
 
-    class Broken:
-        def set(self) -> None:
-            raise RuntimeError("cannot wake the dispatcher")
+    def broken(node_id: int) -> None:
+        raise RuntimeError("cannot note the node")
 
     monkeypatch.setattr(InMemoryLinkState, "store_message_ins", store_message_ins)
-    monkeypatch.setattr(engine_latency, "_new_message", Broken())
+    message = SimpleNamespace(metadata=SimpleNamespace(dst_node_id=5))
     with fast_dispatch():
+        monkeypatch.setattr(engine_latency._mailbox, "note", broken)
         assert InMemoryLinkState.store_message_ins is not store_message_ins
-        assert InMemoryLinkState.store_message_ins(object(), "m") == "message-id"
-    assert stored == ["m"]
+        assert InMemoryLinkState.store_message_ins(object(), message) == "message-id"
+        assert engine_latency._mailbox.lost  # from now on the dispatcher looks at every node
+    assert stored == [message]
+
+
+def test_the_dispatcher_asks_only_for_nodes_with_stored_messages_unless_one_was_lost() -> None:
+    state, out, stop = FakeState(), queue.Queue(), threading.Event()
+    nodes = {n: n for n in range(1000)}
+    engine_latency._mailbox.reset()
+    state.add(17, "a")
+    state.add(17, "b")
+    state.add(4242, "not this engine's node")
+    state.pending[3] = ["stored, but its node was never noted"]
+
+    def run_until_idle() -> None:
+        stop.clear()
+        thread = threading.Thread(target=dispatch_messages, args=(state, out, nodes, stop))
+        thread.start()
+        time.sleep(0.5)  # a few passes, then asleep: nothing new is noted
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+    try:
+        run_until_idle()
+        assert [out.get_nowait() for _ in range(out.qsize())] == ["a", "b"]
+        assert set(state.asked) == {17}  # not 1,000 nodes a pass, nor the unknown node
+        engine_latency._mailbox.lost = True
+        run_until_idle()
+        assert [out.get_nowait() for _ in range(out.qsize())] == [
+            "stored, but its node was never noted"]
+        assert set(state.asked) == set(nodes)
+    finally:
+        engine_latency._mailbox.reset()
 
 
 def test_a_failing_monitor_stop_still_terminates_the_backend(monkeypatch) -> None:
@@ -265,6 +316,7 @@ def test_dispatcher_is_woken_by_a_new_message_not_by_its_poll(monkeypatch) -> No
     monkeypatch.setattr(engine_latency, "POLL_INTERVAL", 600.0)
     monkeypatch.setattr(engine_latency, "QUEUE_WAIT", 600.0)  # only a new message wakes it
     state, out, stop = FakeState(), queue.Queue(), threading.Event()
+    engine_latency._mailbox.reset()
     state.add(1, "a")
     state.add(1, "b")  # one per node per pass, as Flower's dispatcher: "b" needs a second pass
     state.add(2, "c")
@@ -277,7 +329,7 @@ def test_dispatcher_is_woken_by_a_new_message_not_by_its_poll(monkeypatch) -> No
         assert out.get(timeout=30) == "d"
     finally:
         stop.set()
-        engine_latency._new_message.set()
+        engine_latency._mailbox.wake.set()
         thread.join(timeout=30)
     assert not thread.is_alive()
 

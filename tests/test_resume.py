@@ -33,7 +33,13 @@ RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fed
 # Daisy-chaining after rounds 1-3: the models to hand over are server state too.
 DAISY_CHAINED = TINY + ["train.rounds=5", "train.local_epochs=3", "strategy.name=feddc",
                         "strategy.daisy_period=1", "strategy.aggregation_period=4"]
-CONFIGS = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED}
+# Cross-device: 400 clients, 4 sampled per round, personal layers kept by the clients that were
+# sampled (the scale issue's determinism and resume, at a size CI affords).
+CROSS_DEVICE = TINY + ["train.rounds=4", "strategy.name=fedper", "data.num_clients=400",
+                       "data.partition=iid", "data.min_partition_size=0",
+                       "data.synthetic_train_size=2400", "strategy.clients_per_round=4",
+                       "strategy.fraction_evaluate=0.01", "train.keep_optimizer_state=true"]
+CONFIGS = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED, "cross-device": CROSS_DEVICE}
 
 
 def records(path: Path) -> list[dict]:
@@ -116,7 +122,7 @@ def uninterrupted(tmp_path_factory):
 
 # Tests that read the same uninterrupted run share a process (xdist group), the others spread.
 @pytest.mark.parametrize("name", [pytest.param("fedper", marks=pytest.mark.xdist_group("fedper")),
-                                  "feddc"])
+                                  "feddc", "cross-device"])
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, name, uninterrupted):
     cfg = load_config(None, CONFIGS[name])
     reference = uninterrupted(name)

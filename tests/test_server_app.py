@@ -51,6 +51,7 @@ class NodesGrid:
     def send_and_receive(self, messages, timeout=None):
         from types import SimpleNamespace
 
+        self.queried = [m.metadata.dst_node_id for m in messages]
         from fedbarrier.fl.protocol import CLIENT_RECORD, PARTITION_ID
         return [SimpleNamespace(has_error=lambda: False,
                                 metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
@@ -86,3 +87,47 @@ def test_a_deployment_waits_for_late_nodes(task_identity, monkeypatch):
     monkeypatch.setattr(server_app.time, "sleep", lambda s: None)
     grid = NodesGrid([1, 1, 1, 1, 1, 2], simulated=False)  # unchanged for a while, then joined
     assert server_app.discover_partitions(grid, 2, settle=0.0) == {100: 0, 101: 1}
+
+
+@pytest.mark.parametrize("published, simulated, asks", [
+    ({100: 1, 101: 0}, True, False),         # the engine's own mapping: no message sent
+    ({100: 1, 101: 0}, False, True),         # a deployment's nodes are not the engine's
+    ({100: 1, 999: 0}, True, True),          # other nodes than the grid's (another engine)
+    ({100: 1}, True, True),
+    (None, True, True),                      # Flower's engine unpatched
+])
+def test_a_simulation_takes_the_engines_partitions_instead_of_asking_every_node(
+        task_identity, monkeypatch, published, simulated, asks):
+    from fedbarrier.fl import server_app
+
+    monkeypatch.setattr(server_app, "simulated_partitions",
+                        lambda wait=0.0: None if published is None else dict(published))
+    grid = NodesGrid([2], simulated=simulated)
+    found = server_app.discover_partitions(grid, 2, settle=0.0)
+    assert found == ({100: 0, 101: 1} if asks else published)  # the query answers id - 100
+    assert hasattr(grid, "queried") == asks
+
+
+def test_the_server_waits_for_the_engine_to_publish_its_partitions(task_identity,
+                                                                   monkeypatch) -> None:
+    """100,000 nodes are all registered (the grid sees them) seconds before the engine has built
+    their contexts and published the mapping: the server waits for it instead of asking each."""
+    import threading
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedbarrier.fl import server_app
+    from fedbarrier.runtime import engine_patches
+
+    monkeypatch.setattr(vce_api, "_register_node_info_stores",
+                        lambda nodes_mapping, run, app_dir=None: {})
+    grid = NodesGrid([2], simulated=True)
+    with engine_patches.fast_dispatch():
+        later = threading.Timer(1.0, lambda: vce_api._register_node_info_stores(
+            nodes_mapping={100: 1, 101: 0}, run=None, app_dir=None))
+        later.start()
+        try:
+            found = server_app.discover_partitions(grid, 2, settle=0.0)
+        finally:
+            later.join()
+    assert found == {100: 1, 101: 0} and not hasattr(grid, "queried")

@@ -157,3 +157,54 @@ def test_keep_freed_memory_stops_page_faults_in_training() -> None:
     # Not zero with the setting: the kernel's own memory daemons cause a few faults (0-1,536
     # seen); without it every epoch re-faults its activations.
     assert faults["on"] * 4 < faults["off"], faults
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux's /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if len(head) >= 5 and "-" in head[0] and not line.startswith(("Rss", "Size")):
+            inside = head[-1] == str(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's smaps")
+def test_reading_rows_of_a_mapped_dataset_leaves_none_of_its_pages_mapped(tmp_path: Path) -> None:
+    """A simulated client reads ~20 rows of a file of millions; before, each read row kept
+    ~2 MiB of the file mapped in the process (large page-cache folios), so 10,000 clients'
+    reads made every worker hold the whole file."""
+    from fedbarrier.data.datasets import DatasetSplits, ImageDataset
+
+    x = torch.randn(4000, 1, 32, 32)  # 16 MiB
+    y = torch.arange(4000) % 10
+    data = ImageDataset(x, y, 10)
+    write_splits(DatasetSplits("synthetic", data, data.subset(torch.arange(5)), tuple("0123456789")),
+                 tmp_path, {"k": 1})
+    back = read_splits(tmp_path, {"k": 1})
+    rows = torch.tensor([3, 1000, 2500, 3999])
+    images, labels = back.train.rows(rows)
+    assert torch.equal(images, x[rows]) and torch.equal(labels, y[rows])
+    assert _mapped_kib(tmp_path / "train_x.bin") == 0
+    assert torch.equal(back.train.subset(rows).x, x[rows])  # mapped again on the next read
+    assert _mapped_kib(tmp_path / "train_x.bin") == 0
+    back.train.x[rows].sum()  # a read that bypasses rows() keeps its pages: the check can fail
+    assert _mapped_kib(tmp_path / "train_x.bin") > 0
+
+
+def test_the_driver_maps_the_shared_files_during_a_run_and_loads_as_before_after(
+        tmp_path: Path, fresh_federation) -> None:
+    from fedbarrier.data.federation import reading_shared_data
+
+    cfg = load_config(None, TINY)
+    before = federation(cfg.data, cfg.seed)
+    share_data(cfg.data, cfg.seed, tmp_path)
+    with reading_shared_data(tmp_path):
+        inside = federation(cfg.data, cfg.seed)
+        assert inside is not before and inside.splits.train.release is not None  # mapped
+        assert torch.equal(inside.splits.train.x, before.splits.train.x)
+        assert all((a == b).all() for a, b in zip(inside.train_parts, before.train_parts))
+    after = federation(cfg.data, cfg.seed)
+    assert after is not inside and after.splits.train.release is None  # its own copy again

@@ -30,8 +30,8 @@ import contextlib
 import functools
 import os
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,9 @@ class ImageDataset:
     x: torch.Tensor
     y: torch.Tensor
     num_classes: int
+    #: For tensors mapped from a file (:mod:`fedbarrier.data.shared`): unmaps the pages a read
+    #: touched, so a process holds only the rows it copied out, not every page it once read.
+    release: Callable[[], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.x.dtype != torch.float32:
@@ -112,17 +115,27 @@ class ImageDataset:
         c, h, w = self.x.shape[1:]
         return int(c), int(h), int(w)
 
-    def subset(self, indices: np.ndarray | torch.Tensor) -> ImageDataset:
-        """Copy out the given samples (integer indices or a boolean mask), e.g. one client's share.
+    def rows(self, indices: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the given samples' images and labels (integer indices or a boolean mask).
 
-        Indexing copies, so the subset is safe to modify without touching the cached dataset.
+        The only way data leaves a dataset: a mapped dataset releases the pages it read here.
         """
         if isinstance(indices, np.ndarray):  # copy: torch cannot wrap negative-stride views
             indices = np.ascontiguousarray(indices)
         idx = torch.as_tensor(indices)
         if idx.dtype != torch.bool:
             idx = idx.long()
-        return ImageDataset(self.x[idx], self.y[idx], self.num_classes)
+        x, y = self.x[idx], self.y[idx]
+        if self.release is not None:
+            self.release()
+        return x, y
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> ImageDataset:
+        """Copy out the given samples (integer indices or a boolean mask), e.g. one client's share.
+
+        Indexing copies, so the subset is safe to modify without touching the cached dataset.
+        """
+        return ImageDataset(*self.rows(indices), self.num_classes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,11 +183,11 @@ class SyntheticSpec:
             "use three positive integers (C, H, W)",
         )
         object.__setattr__(self, "input_shape", tuple(int(d) for d in shape))
-        for field, low in (("num_classes", 2), ("train_size", 1), ("test_size", 1), ("seed", 0)):
-            value = getattr(self, field)
+        for name, low in (("num_classes", 2), ("train_size", 1), ("test_size", 1), ("seed", 0)):
+            value = getattr(self, name)
             _require(
                 _is_int(value, low),
-                f"synthetic {field} {value!r} is invalid; use an integer >= {low}",
+                f"synthetic {name} {value!r} is invalid; use an integer >= {low}",
             )
         _require(
             isinstance(self.noise, (int, float))

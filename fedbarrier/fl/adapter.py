@@ -65,11 +65,15 @@ class OrderedGrid:
     """A view of a Grid whose ``get_node_ids`` lists nodes by partition id (unknown nodes by
     their node id)."""
 
-    def __init__(self, grid: Grid, partition_of: Mapping[int, int]) -> None:
+    def __init__(self, grid: Grid, partition_of: Mapping[int, int],
+                 nodes: Sequence[int] | None = None) -> None:
         self._grid = grid
         self._partition_of = partition_of
+        self._nodes = nodes  # already ordered, for a grid whose nodes never change
 
     def get_node_ids(self) -> list[int]:
+        if self._nodes is not None:
+            return list(self._nodes)
         return sorted(self._grid.get_node_ids(), key=lambda n: self._partition_of.get(n, n))
 
     def partition_id(self, node_id: int) -> int | None:
@@ -174,8 +178,14 @@ class Instrumented(Strategy):
         completed_rounds: int = 0,
         save_state: Callable[[int, StateDict], None] | None = None,
         local: LocalPlan | None = None,
+        static_nodes: bool = False,
     ) -> None:
+        """``static_nodes``: the grid's nodes never change during the run (Flower's simulation
+        engine registers them all at start, never to expire): they are listed and ordered once,
+        not on every sampling (0.15 s each at 100,000 nodes)."""
         self.inner = inner
+        self.static_nodes = static_nodes
+        self._nodes: list[int] | None = None
         self.pipeline = RoundPipeline(hooks, min_clients=min_clients, local=local)
         self.seed = seed
         self.offset = completed_rounds
@@ -199,7 +209,11 @@ class Instrumented(Strategy):
         return self.partition_of.get(node_id, node_id)
 
     def _grid(self, grid: Grid) -> Grid:
-        return OrderedGrid(grid, self.partition_of)  # type: ignore[return-value]
+        if not self.static_nodes:
+            return OrderedGrid(grid, self.partition_of)  # type: ignore[return-value]
+        if self._nodes is None:
+            self._nodes = OrderedGrid(grid, self.partition_of).get_node_ids()
+        return OrderedGrid(grid, self.partition_of, self._nodes)  # type: ignore[return-value]
 
     def _sorted(self, replies: Iterable[Message]) -> list[Message]:
         return sorted(replies, key=lambda m: (m.has_error(), self._pid(m.metadata.src_node_id)))

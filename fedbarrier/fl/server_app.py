@@ -34,6 +34,7 @@ from fedbarrier.measure.alignment import PermutationSpec, permutation_spec
 from fedbarrier.measure.hook import BarrierHook, align_models
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
+from fedbarrier.runtime.engine_patches import publishing_partitions, simulated_partitions
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
 from fedbarrier.runtime.stopping import raise_if_stop_requested
 from strategies import build_strategy
@@ -41,9 +42,13 @@ from strategies import build_strategy
 
 def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0,
                         settle: float = 2.0) -> dict[int, int]:
-    """Ask every node for its partition id (node ids are random; partition ids are not).
+    """Every node's partition id (node ids are random; partition ids are not).
 
-    Waits for ``num_clients`` nodes. A simulation registers all its nodes at start, so a count
+    In a simulation run by ``fedbarrier run``, the engine's own mapping
+    (:func:`~fedbarrier.runtime.engine_patches.simulated_partitions`) answers when it names
+    exactly the grid's nodes; otherwise every node is asked, one QUERY message each (minutes
+    for 10,000 simulated nodes, through the engine's per-node dispatch). Waits for
+    ``num_clients`` nodes. A simulation registers all its nodes at start, so a count
     that has settled (unchanged for ``settle`` s) and differs ends the run at once, as does a
     count above ``num_clients`` anywhere; a deployment's nodes may connect late, so fewer of them
     are waited for until ``timeout``. (Under ``flwr run`` Flower's default federation has 2
@@ -68,6 +73,9 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0,
                             f"within {timeout:.0f} s")
         raise_if_stop_requested()
         time.sleep(0.2)
+    published = _engine_partitions() if simulated else None
+    if published is not None and published.keys() == set(nodes):
+        return published
     messages = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
                 for n in nodes]
     mapping = {}
@@ -77,6 +85,16 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float = 600.0,
         mapping[reply.metadata.src_node_id] = int(
             reply.content.config_records[CLIENT_RECORD][PARTITION_ID])
     return mapping
+
+
+def _engine_partitions(limit: float = 60.0) -> dict[int, int] | None:
+    """The simulation engine's own node mapping, waited for up to ``limit`` seconds while it
+    publishes one (None: ask the nodes)."""
+    end = time.monotonic() + limit
+    while (published := simulated_partitions(wait=0.2)) is None and publishing_partitions() \
+            and time.monotonic() < end:
+        raise_if_stop_requested()
+    return published
 
 
 def in_simulation(grid: Grid) -> bool:
@@ -204,7 +222,8 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
                             seed=cfg.seed, partition_of=discover_partitions(grid, fed.num_clients),
                             global_evaluate=global_evaluate, min_clients=cfg.strategy.min_clients,
                             completed_rounds=completed_rounds, save_state=save_state,
-                            local=local_plan(cfg, write_barriers, spec))
+                            local=local_plan(cfg, write_barriers, spec),
+                            static_nodes=in_simulation(grid))
     try:
         strategy.start(grid=grid, initial_arrays=initial,
                        num_rounds=cfg.train.rounds - completed_rounds,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedbarrier.config import Config, config_differences, load_config, to_toml
-from fedbarrier.data.federation import federation, share_data
+from fedbarrier.data.federation import federation, reading_shared_data, share_data
 from fedbarrier.errors import RunInterrupted, UserError
 from fedbarrier.fl.protocol import ModelCheck
 from fedbarrier.outputs.progress import live_display
@@ -335,7 +335,8 @@ def _simulate(cfg: Config, run_dir: RunDir, completed_rounds: int, *, progress: 
     scratch = make_scratch(scratch_root())  # after removing those of killed runs
     try:
         shared = _share_data(cfg, Path(scratch.name) / "data") if client_app is None else None
-        with _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
+        with (reading_shared_data(shared) if shared else nullcontext()), \
+                _flower_logs(logging.DEBUG if verbose else logging.WARNING), \
                 warnings.catch_warnings(), frozen_heap(), torch_threads_restored(), fast_dispatch(), \
                 (inline_backend() if cfg.simulation.backend == "inline" else nullcontext()), \
                 graceful_stop(on_request=_silence_engine), \

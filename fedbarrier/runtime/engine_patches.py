@@ -1,11 +1,18 @@
-"""Latency fixes for Flower's simulation engine (flwr 1.41-1.42 on Ray), active during a run.
+"""Latency and scale fixes for Flower's simulation engine (flwr 1.41-1.42), active during a run.
 
-Measured on the round-overhead benchmark (2 cores):
+Measured on the round-overhead and scale benchmarks (2 cores):
 
 - Flower's in-process engine hands the server's messages to the clients from a thread that
   polls the LinkState every 100 ms: the clients sat idle for 0-100 ms at the start of both
   phases of every round (~0.1 s a round, 2 s of the benchmark's 20 rounds). The dispatching
-  thread is now woken when the server stores a message (the 100 ms poll stays as a fallback).
+  thread is now woken when the server stores a message.
+- Each of those polls asked the LinkState for every node's messages, and each ask scans every
+  stored message: O(nodes x messages) per pass, whether a node was sampled or not. At 10,000
+  nodes a round cost 2.7x the 10-node round, and the start-up's one query per node took minutes
+  (quadratic). The dispatcher now asks only for the nodes that a message was stored for
+  (:class:`Mailbox`, filled by the patched ``store_message_ins``): O(sampled) per round.
+- The engine's node-to-partition mapping is published (:func:`simulated_partitions`) so that the
+  ServerApp need not ask every node for its partition id, one message per node, at start-up.
 - The engine's threads wait for work with 1 s timeouts and only then see that the run has
   ended: up to 1 s idle at the end. Their waits are capped at 50 ms (three threads waking 20
   times a second cost nothing measurable).
@@ -14,7 +21,7 @@ Measured on the round-overhead benchmark (2 cores):
   problem). The monitor of a Ray instance this process started is killed first; a local
   simulation has nothing to autoscale.
 
-All three replace private names of Flower or Ray for the duration of the run and restore them
+All of them replace private names of Flower or Ray for the duration of the run and restore them
 after, so they are written to be unable to hurt a run:
 
 - they apply only to the releases they were written for (:data:`FLWR_VERSIONS`,
@@ -23,8 +30,16 @@ after, so they are written to be unable to hurt a run:
   the old latency (:func:`unsupported_reason` says why; ``tests/test_engine_latency.py`` fails
   on the installed versions if it is not None);
 - an exception inside a replacement falls back to Flower's own function (the dispatcher to
-  Flower's loop, the wrappers to the functions they wrap), and :func:`stop_autoscaler_monitor`
-  never raises: ``ray.shutdown`` stops the monitor anyway, a second later.
+  Flower's loop, the wrappers to the functions they wrap; a mailbox that failed to note a node
+  makes the dispatcher look at every node again, as Flower does), and
+  :func:`stop_autoscaler_monitor` never raises: ``ray.shutdown`` stops the monitor anyway, a
+  second later;
+- a ServerApp that finds no published mapping, or one that does not name exactly the grid's
+  nodes, asks the nodes as before.
+
+Upstream changes that would make them unnecessary: a LinkState that indexes undelivered messages
+by destination node and wakes the engine when one is stored (the first three), and a Grid that
+tells the ServerApp each simulated node's ``node_config`` (the last).
 """
 
 from __future__ import annotations
@@ -62,9 +77,49 @@ SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
                               ("f_stop", _PLAIN)),
     "InMemoryLinkState.store_message_ins": (("self", _PLAIN), ("message", _PLAIN)),
     "RayBackend.terminate": (("self", _PLAIN),),
+    "_register_node_info_stores": (("nodes_mapping", _PLAIN), ("run", _PLAIN),
+                                   ("app_dir", _PLAIN)),
 }
 
-_new_message = threading.Event()
+
+class Mailbox:
+    """The nodes that messages were stored for since the dispatcher last looked, in that order;
+    noting one wakes the dispatcher.
+
+    ``lost`` is set when a node could not be noted: the dispatcher then looks at every node on
+    every pass, as Flower's own loop does, for the rest of the run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[int, None] = {}  # an ordered set
+        self.wake = threading.Event()
+        self.lost = False
+
+    def note(self, node_id: int) -> None:
+        with self._lock:
+            self._nodes[node_id] = None
+        self.wake.set()
+
+    def take(self) -> list[int]:
+        """The noted nodes, forgotten here: a node whose messages are not all taken is noted
+        again by the dispatcher."""
+        with self._lock:
+            nodes = list(self._nodes)
+            self._nodes.clear()
+        return nodes
+
+    def reset(self) -> None:
+        with self._lock:
+            self._nodes.clear()
+        self.wake.clear()
+        self.lost = False
+
+
+_mailbox = Mailbox()
+_published: dict[int, int] | None = None  # the running engine's node id -> partition id
+_published_now = threading.Event()  # set when it is, or when the patched run ends
+_patched_run = False
 
 
 class ShortWaitQueue(queue.Queue):  # type: ignore[type-arg]
@@ -78,18 +133,23 @@ class ShortWaitQueue(queue.Queue):  # type: ignore[type-arg]
 
 def dispatch_messages(state: Any, out: queue.Queue, nodes_mapping: dict[int, int],  # type: ignore[type-arg]
                       f_stop: threading.Event) -> None:
-    """Flower's ``add_messages_to_queue``, woken by new messages instead of every 100 ms.
+    """Flower's ``add_messages_to_queue``, woken by new messages instead of every 100 ms, and
+    looking only at the nodes that messages were stored for.
 
     Each pass takes at most one undelivered message per node (as Flower does); a pass that found
     any looks again at once, and an empty one sleeps until a message is stored or the run ends.
     """
     while not f_stop.is_set():
-        _new_message.clear()  # before looking: a message stored during the pass wakes the next
+        _mailbox.wake.clear()  # before looking: a message stored during the pass wakes the next
+        nodes = nodes_mapping.keys() if _mailbox.lost else _mailbox.take()
         found = False
-        for node_id in nodes_mapping.keys():
+        for node_id in nodes:
+            if node_id not in nodes_mapping:  # not a node of this engine: Flower skips it too
+                continue
             for message in state.get_message_ins(node_id=node_id, limit=1):
                 out.put(message)
                 found = True
+                _mailbox.note(node_id)  # it may hold more: look again on the next pass
         if not found:
             _sleep_until_message(f_stop)
 
@@ -98,9 +158,27 @@ def _sleep_until_message(f_stop: threading.Event) -> None:
     """Until a message is stored, the run ends (seen within :data:`QUEUE_WAIT`) or
     :data:`POLL_INTERVAL` has passed."""
     deadline = time.monotonic() + POLL_INTERVAL
-    while not _new_message.wait(QUEUE_WAIT):
+    while not _mailbox.wake.wait(QUEUE_WAIT):
         if f_stop.is_set() or time.monotonic() > deadline:
             return
+
+
+def simulated_partitions(wait: float = 0.0) -> dict[int, int] | None:
+    """The running simulation engine's node id -> partition id; None outside a patched run, or
+    if it is not published within ``wait`` seconds.
+
+    The engine publishes it after registering every node, which the ServerApp may already see
+    (100,000 nodes take seconds to register).
+    """
+    if _patched_run:
+        _published_now.wait(wait)
+    published = _published
+    return None if published is None else dict(published)
+
+
+def publishing_partitions() -> bool:
+    """Whether a patched run is under way, whose engine publishes its node mapping."""
+    return _patched_run
 
 
 def _release(package: str) -> tuple[int, int] | None:
@@ -149,7 +227,8 @@ def _engine() -> tuple[tuple[Any, Any, Any] | None, str | None]:
         for name, fn in (("add_messages_to_queue", vce_api.add_messages_to_queue),
                          ("InMemoryLinkState.store_message_ins",
                           InMemoryLinkState.store_message_ins),
-                         ("RayBackend.terminate", RayBackend.terminate)):
+                         ("RayBackend.terminate", RayBackend.terminate),
+                         ("_register_node_info_stores", vce_api._register_node_info_stores)):
             reason = _signature_reason(name, fn)
             if reason:
                 return None, reason
@@ -216,18 +295,29 @@ def fast_dispatch() -> Iterator[None]:
         log.debug("Flower's engine runs unpatched: %s", reason)
         yield
         return
+    global _published, _patched_run
     vce_api, link_state, backend = engine
     saved = (vce_api.add_messages_to_queue, vce_api.Queue, link_state.store_message_ins,
-             backend.terminate)
-    add_messages, _, store, terminate = saved
+             backend.terminate, vce_api._register_node_info_stores)
+    add_messages, _, store, terminate, register_stores = saved
+    _mailbox.reset()
 
     def store_message_ins(self: Any, message: Any) -> Any:
         stored = store(self, message)  # Flower's own; what it raises is Flower's behaviour
         try:
-            _new_message.set()
-        except Exception:  # the dispatcher's poll finds the message
-            log.debug("could not wake the dispatcher", exc_info=True)
+            if stored is not None:
+                _mailbox.note(message.metadata.dst_node_id)
+        except Exception:  # the dispatcher looks at every node from now on
+            _mailbox.lost = True
+            log.debug("could not note the message's node; the dispatcher scans all", exc_info=True)
         return stored
+
+    def register_node_info_stores(nodes_mapping: Any, run: Any, app_dir: Any = None) -> Any:
+        global _published
+        stores = register_stores(nodes_mapping, run, app_dir)  # Flower's own
+        _published = dict(nodes_mapping)
+        _published_now.set()
+        return stores
 
     def terminate_backend(self: Any) -> None:
         try:
@@ -241,8 +331,14 @@ def fast_dispatch() -> Iterator[None]:
     vce_api.Queue = ShortWaitQueue
     link_state.store_message_ins = store_message_ins
     backend.terminate = terminate_backend
+    vce_api._register_node_info_stores = register_node_info_stores
+    _published, _patched_run = None, True
+    _published_now.clear()
     try:
         yield
     finally:
         (vce_api.add_messages_to_queue, vce_api.Queue, link_state.store_message_ins,
-         backend.terminate) = saved
+         backend.terminate, vce_api._register_node_info_stores) = saved
+        _published, _patched_run = None, False
+        _published_now.set()  # nobody waits for a run that has ended
+        _mailbox.reset()
