@@ -49,15 +49,20 @@ class PeakRSS(PeakSampler):
         return total
 
 
-def bench(num_clients: int, rounds: int, sampled: int = 10) -> dict[str, float]:
-    cfg = load_config(None, [
+def workload(num_clients: int, rounds: int, sampled: int = 10) -> list[str]:
+    """The benchmark's config overrides for ``num_clients`` clients."""
+    return [
         "data.dataset=synthetic", "data.synthetic_shape=[3, 16, 16]",
         f"data.synthetic_train_size={20 * num_clients}", "data.synthetic_test_size=500",
         "data.partition=iid", f"data.num_clients={num_clients}", "data.test_fraction=0.2",
         "data.min_partition_size=0", "model.name=cnn", f"train.rounds={rounds}",
         "strategy.name=fedper", f"strategy.clients_per_round={sampled}",
         f"strategy.fraction_evaluate={sampled / num_clients}", "barriers.n=200",
-        "barriers.splits=[\"test\"]", "output.plots=false"])
+        "barriers.splits=[\"test\"]", "output.plots=false"]
+
+
+def bench(num_clients: int, rounds: int, sampled: int = 10) -> dict[str, float]:
+    cfg = load_config(None, workload(num_clients, rounds, sampled))
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as rss:
         start = time.perf_counter()
         run_experiment(cfg, Path(tmp) / "run", progress=False)

@@ -172,11 +172,15 @@ def _mapped_kib(path: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's smaps")
-def test_reading_rows_of_a_mapped_dataset_leaves_none_of_its_pages_mapped(tmp_path: Path) -> None:
+def test_reading_rows_of_a_mapped_dataset_leaves_none_of_its_pages_mapped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A simulated client reads ~20 rows of a file of millions; before, each read row kept
     ~2 MiB of the file mapped in the process (large page-cache folios), so 10,000 clients'
-    reads made every worker hold the whole file."""
+    reads made every worker hold the whole file. Files above RELEASE_ABOVE only."""
+    from fedbarrier.data import shared
     from fedbarrier.data.datasets import DatasetSplits, ImageDataset
+
+    monkeypatch.setattr(shared, "RELEASE_ABOVE", 8 * 2**20)  # the train images, not the rest
 
     x = torch.randn(4000, 1, 32, 32)  # 16 MiB
     y = torch.arange(4000) % 10
@@ -192,11 +196,16 @@ def test_reading_rows_of_a_mapped_dataset_leaves_none_of_its_pages_mapped(tmp_pa
     assert _mapped_kib(tmp_path / "train_x.bin") == 0
     back.train.x[rows].sum()  # a read that bypasses rows() keeps its pages: the check can fail
     assert _mapped_kib(tmp_path / "train_x.bin") > 0
+    back.test.rows(torch.tensor([0, 4]))
+    assert _mapped_kib(tmp_path / "test_x.bin") > 0  # small: stays mapped
 
 
 def test_the_driver_maps_the_shared_files_during_a_run_and_loads_as_before_after(
-        tmp_path: Path, fresh_federation) -> None:
+        tmp_path: Path, fresh_federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedbarrier.data import shared
     from fedbarrier.data.federation import reading_shared_data
+
+    monkeypatch.setattr(shared, "RELEASE_ABOVE", 0)  # every mapped tensor says so
 
     cfg = load_config(None, TINY)
     before = federation(cfg.data, cfg.seed)

@@ -30,6 +30,10 @@ import torch
 from fedbarrier.data.datasets import DatasetSplits, ImageDataset
 
 MANIFEST = "dataset.json"
+#: Files up to this size stay mapped after a read: a process holding all of one costs less than
+#: mapping its pages again on every read (2.5 % of a worker's round on the round-overhead
+#: benchmark's 75 MiB file); larger ones are released after each read (see :func:`_release`).
+RELEASE_ABOVE = 256 * 2**20
 PARTS = "partition.npz"
 
 
@@ -66,7 +70,8 @@ def read_splits(folder: Path, key: dict[str, Any]) -> DatasetSplits | None:
 
     def dataset(split: str) -> ImageDataset:
         (x, x_map), (y, y_map) = mapped[f"{split}_x"], mapped[f"{split}_y"]
-        return ImageDataset(x, y, k, release=partial(_release, [m for m in (x_map, y_map) if m]))
+        large = [m for m in (x_map, y_map) if m is not None and len(m) > RELEASE_ABOVE]
+        return ImageDataset(x, y, k, release=partial(_release, large) if large else None)
 
     return DatasetSplits(name=manifest["name"], train=dataset("train"), test=dataset("test"),
                          classes=tuple(manifest["classes"]))

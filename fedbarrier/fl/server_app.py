@@ -158,11 +158,18 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         initial = ArrayRecord(global_state)
 
     def evaluate_global(server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """On the compute thread: the global test loss and accuracy of ``state``."""
+        """On the compute thread, while the clients evaluate (or start up): the global test
+        loss and accuracy of ``state``. One torch thread: the clients hold the cores then, and
+        a second OpenMP team on them slows everybody (see :func:`run_server`)."""
         model.load_state_dict(state)
         test = fed.splits.test
-        loss, acc = evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
-                             device=device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            loss, acc = evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
+                                 device=device)
+        finally:
+            torch.set_num_threads(threads)
         if run_dir is not None and cfg.output.save_client_models and server_round > 0:
             save_state_dict(run_dir.checkpoint_path(server_round, "global"), state)
         return {"global_test_loss": loss, "global_test_accuracy": acc}
