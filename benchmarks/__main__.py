@@ -1,8 +1,9 @@
 """``python -m benchmarks``: every benchmark, each printing its table of ratios (docs/performance.md).
 
-    python -m benchmarks                      # scale, barrier cost, local cost, hook share, round
-                                              # overhead (~30 min, 2 cores), then GPU rounds per
-                                              # second where torch sees a GPU
+    python -m benchmarks                      # scale (and its resume check), barrier cost, local
+                                              # cost, hook share, round overhead (~35 min, 2
+                                              # cores, 7 GiB), then GPU rounds per second where
+                                              # torch sees a GPU
     python -m benchmarks local_cost hook_share   # some of them, in the order given
     python -m benchmarks.<name> --help           # one benchmark's own options
 """
@@ -13,7 +14,7 @@ import sys
 
 # Scale first: its peak RSS includes this process, which the other benchmarks grow (run after
 # them, the 10-client figure read 4.2 GiB instead of 3.0).
-ALL = ("scale", "barrier_cost", "local_cost", "hook_share", "round_overhead", "align_cost", "gpu")
+ALL = ("scale", "scale_resume", "barrier_cost", "local_cost", "hook_share", "round_overhead", "align_cost", "gpu")
 
 
 def main(argv: list[str]) -> int:
