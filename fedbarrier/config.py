@@ -107,7 +107,7 @@ class TrainConfig:
     weight_decay: float = _f(5e-4, "SGD weight decay", min=0.0)
     lr_schedule: str = _f("constant", "learning-rate schedule over the whole run",
                           choices=SCHEDULES)
-    warmup: float = _f(0.0, "fraction of the run with a linear warm-up (cosine schedule)",
+    warmup: float = _f(0.0, "fraction of the run with a linear warm-up (either schedule)",
                        min=0.0, lt=1.0)
     device: str = _f("auto", "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     augment: str = _f("none", "training-batch augmentation: 'crop-flip' = random crop with 4-pixel "

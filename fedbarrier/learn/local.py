@@ -53,14 +53,13 @@ def eval_batch_size(configured: int, input_shape: tuple[int, ...]) -> int:
 
 
 def lr_at(progress: float, base_lr: float, schedule: str, warmup: float) -> float:
-    """Learning rate at ``progress`` in [0, 1] of the whole run.
-
-    ``cosine``: linear warm-up over the first ``warmup`` fraction, then cosine decay to 0.
+    """Learning rate at ``progress`` in [0, 1] of the whole run: a linear warm-up over the first
+    ``warmup`` fraction, then ``constant`` (``base_lr``) or ``cosine`` (decay to 0).
     """
-    if schedule == "constant":
-        return base_lr
     if warmup > 0 and progress < warmup:
         return base_lr * (progress + 1e-12) / warmup
+    if schedule == "constant":
+        return base_lr
     rest = (progress - warmup) / max(1e-12, 1.0 - warmup)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, rest))))
 
