@@ -1,5 +1,6 @@
 """build_model: names, shapes, errors, determinism and the paper's normalization-free ResNet18."""
 
+import math
 from typing import Any
 
 import pytest
@@ -184,3 +185,20 @@ def test_classifier_width_is_for_vgg11_only():
 
     with pytest.raises(UserError, match="model.classifier_width = 4096 is for model 'vgg11' only"):
         load_config(None, ["model.classifier_width=4096"])
+
+
+@pytest.mark.parametrize("classifier_width, expected_std", [
+    (4096, 0.01),                      # torchvision's N(0, 0.01), what the paper's VGG11 used
+    (None, 1 / math.sqrt(3 * 128)),    # nn.Linear's U(±1/sqrt(fan_in)) at width 16: 128 -> 128
+])
+def test_vgg11_classifier_init_follows_its_width(classifier_width, expected_std) -> None:
+    """N(0, 0.01) linears left a 128-wide classifier's logits ~1,000x too small: the width-16
+    VGG11 sat at chance on Fashion-MNIST for 3 epochs; narrow classifiers keep nn.Linear's."""
+    from fedbarrier.learn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg11", (1, 28, 28), 10, width=16, classifier_width=classifier_width)
+    hidden = model.classifier[3].weight  # the middle linear: fan_in = classifier width
+    assert hidden.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert model.classifier[3].bias.abs().max().item() <= (0.0 if classifier_width else
+                                                           1 / math.sqrt(hidden.shape[1]))
