@@ -206,24 +206,27 @@ def test_the_dispatcher_asks_only_for_nodes_with_stored_messages_unless_one_was_
     state.add(4242, "not this engine's node")
     state.pending[3] = ["stored, but its node was never noted"]
 
-    def run_until_idle() -> None:
+    def dispatch_until(done) -> list[str]:
+        """Run the dispatcher until ``done()`` (waiting up to 60 s), then what it delivered."""
         stop.clear()
         thread = threading.Thread(target=dispatch_messages, args=(state, out, nodes, stop))
         thread.start()
-        time.sleep(0.5)  # a few passes, then asleep: nothing new is noted
+        deadline = time.monotonic() + 60
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a few more passes: nothing else may be asked for or delivered
         stop.set()
         thread.join(timeout=30)
         assert not thread.is_alive()
+        return [out.get_nowait() for _ in range(out.qsize())]
 
     try:
-        run_until_idle()
-        assert [out.get_nowait() for _ in range(out.qsize())] == ["a", "b"]
+        assert dispatch_until(lambda: out.qsize() == 2) == ["a", "b"]
         assert set(state.asked) == {17}  # not 1,000 nodes a pass, nor the unknown node
         engine_latency._mailbox.lost = True
-        run_until_idle()
-        assert [out.get_nowait() for _ in range(out.qsize())] == [
+        state.asked.clear()
+        assert dispatch_until(lambda: set(state.asked) == set(nodes)) == [
             "stored, but its node was never noted"]
-        assert set(state.asked) == set(nodes)
     finally:
         engine_latency._mailbox.reset()
 
