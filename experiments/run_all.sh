@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash experiments/run_small.sh                    # -small results, deep linear (~25 min)
 bash experiments/run_layerwise.sh                # convnet, 15 runs (~22 min)
-bash experiments/run_layerwise_deep.sh               # NF-ResNet18 and VGG11, 12 runs (~17 min)
+bash experiments/run_layerwise_deep.sh               # NF-ResNet18 and VGG11, 18 runs (~25 min)
 bash experiments/run_two_clients_convnet.sh      # 12 runs (~12 min)
 bash experiments/run_alignment.sh                # alignment (a) and (b) (~30 min)
 bash experiments/run_personalization_fmnist.sh   # 63 runs (~65-90 min)
