@@ -14,7 +14,8 @@ import sys
 
 # Scale first: its peak RSS includes this process, which the other benchmarks grow (run after
 # them, the 10-client figure read 4.2 GiB instead of 3.0).
-ALL = ("scale", "scale_resume", "barrier_cost", "local_cost", "hook_share", "round_overhead", "align_cost", "gpu")
+ALL = ("scale", "scale_resume", "barrier_cost", "local_cost", "hook_share", "round_overhead",
+       "align_cost", "gpu")
 
 
 def main(argv: list[str]) -> int:

@@ -25,12 +25,14 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fedbarrier.config import Config, load_config
-from fedbarrier.data.federation import federation
+from fedbarrier.data.federation import Federation, federation
 from fedbarrier.fl.simulation import off_main_thread
 from fedbarrier.learn.local import evaluate, local_update
 from fedbarrier.runtime.build import initial_model
@@ -45,39 +47,59 @@ WORKLOAD = [
 ]
 
 
+StateDict = dict[str, torch.Tensor]
+
+
+def train_clients(cfg: Config, fed: Federation, model: torch.nn.Module, state: StateDict,
+                  clients: Iterable[int], server_round: int, device: torch.device
+                  ) -> list[tuple[StateDict, int]]:
+    """Each client's model after its local update from ``state``, with its example count."""
+    trained = []
+    for pid in clients:
+        model.load_state_dict(state)
+        data = fed.client_train(pid)
+        local_update(model, data.x, data.y, cfg.train, run_seed=cfg.seed, client=pid,
+                     server_round=server_round, device=device)
+        trained.append(({k: v.detach().clone() for k, v in model.state_dict().items()},
+                        len(data)))
+    return trained
+
+
+def average(trained: list[tuple[StateDict, int]]) -> StateDict:
+    """FedAvg: the example-weighted mean of the clients' models."""
+    total = sum(n for _, n in trained)
+    return {k: sum(n / total * s[k] for s, n in trained) for k in trained[0][0]}
+
+
+def evaluate_clients(cfg: Config, fed: Federation, model: torch.nn.Module, state: StateDict,
+                     clients: Iterable[int], device: torch.device) -> None:
+    """Every client's evaluation of ``state`` on its local test part."""
+    model.load_state_dict(state)
+    for pid in clients:
+        test = fed.client_test(pid)
+        evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size, device=device)
+
+
 def plain_loop(cfg: Config, device: torch.device | str = "cpu") -> list[float]:
     """Seconds per round of the same federated computation without Flower or Ray."""
     fed = federation(cfg.data, cfg.seed)
     model = initial_model(cfg, fed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    device, t = torch.device(device), cfg.train
+    device, clients = torch.device(device), range(fed.num_clients)
     times = []
-    for r in range(1, t.rounds + 1):
+    for r in range(1, cfg.train.rounds + 1):
         start = time.perf_counter()
-        states, weights = [], []
-        for pid in range(fed.num_clients):
-            model.load_state_dict(global_state)
-            data = fed.client_train(pid)
-            local_update(model, data.x, data.y, t, run_seed=cfg.seed, client=pid, server_round=r,
-                         device=device)
-            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-            weights.append(len(data))
-        total = sum(weights)
-        global_state = {k: sum(w / total * s[k] for w, s in zip(weights, states))
-                        for k in global_state}
-        model.load_state_dict(global_state)
-        for pid in range(fed.num_clients):
-            test = fed.client_test(pid)
-            evaluate(model, test.x, test.y, batch_size=t.eval_batch_size, device=device)
-        evaluate(model, fed.splits.test.x, fed.splits.test.y, batch_size=t.eval_batch_size,
-                 device=device)
+        global_state = average(train_clients(cfg, fed, model, global_state, clients, r, device))
+        evaluate_clients(cfg, fed, model, global_state, clients, device)
+        evaluate(model, fed.splits.test.x, fed.splits.test.y,
+                 batch_size=cfg.train.eval_batch_size, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-_worker: dict[str, object] = {}
+_worker: dict[str, Any] = {}
 
 
 def _start_worker(cfg: Config) -> None:
@@ -87,27 +109,15 @@ def _start_worker(cfg: Config) -> None:
     _worker.update(cfg=cfg, fed=fed, model=initial_model(cfg, fed))
 
 
-def _train_clients(state: dict[str, torch.Tensor], clients: list[int], server_round: int
-                   ) -> list[tuple[dict[str, torch.Tensor], int]]:
-    cfg, fed, model = _worker["cfg"], _worker["fed"], _worker["model"]
-    out = []
-    for pid in clients:
-        model.load_state_dict(state)  # type: ignore[attr-defined]
-        data = fed.client_train(pid)  # type: ignore[attr-defined]
-        local_update(model, data.x, data.y, cfg.train, run_seed=cfg.seed,  # type: ignore[arg-type, attr-defined]
-                     client=pid, server_round=server_round, device=torch.device("cpu"))
-        out.append(({k: v.detach().clone() for k, v in model.state_dict().items()},  # type: ignore[attr-defined]
-                    len(data)))
-    return out
+def _train_share(state: StateDict, clients: list[int], server_round: int
+                 ) -> list[tuple[StateDict, int]]:
+    return train_clients(_worker["cfg"], _worker["fed"], _worker["model"], state, clients,
+                         server_round, torch.device("cpu"))
 
 
-def _evaluate_clients(state: dict[str, torch.Tensor], clients: list[int]) -> None:
-    cfg, fed, model = _worker["cfg"], _worker["fed"], _worker["model"]
-    model.load_state_dict(state)  # type: ignore[attr-defined]
-    for pid in clients:
-        test = fed.client_test(pid)  # type: ignore[attr-defined]
-        evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,  # type: ignore[arg-type, attr-defined]
-                 device=torch.device("cpu"))
+def _evaluate_share(state: StateDict, clients: list[int]) -> None:
+    evaluate_clients(_worker["cfg"], _worker["fed"], _worker["model"], state, clients,
+                     torch.device("cpu"))
 
 
 def parallel_plain_loop(cfg: Config, workers: int = 2) -> list[float]:
@@ -129,11 +139,10 @@ def parallel_plain_loop(cfg: Config, workers: int = 2) -> list[float]:
         try:
             for r in range(1, cfg.train.rounds + 1):
                 start = time.perf_counter()
-                trained = [pair for part in pool.map(_train_clients, [global_state] * workers,
-                                                     shares, [r] * workers) for pair in part]
-                total = sum(n for _, n in trained)
-                global_state = {k: sum(n / total * s[k] for s, n in trained) for k in global_state}
-                clients = [pool.submit(_evaluate_clients, global_state, share) for share in shares]
+                global_state = average([pair for part in pool.map(
+                    _train_share, [global_state] * workers, shares, [r] * workers)
+                    for pair in part])
+                clients = [pool.submit(_evaluate_share, global_state, share) for share in shares]
                 model.load_state_dict(global_state)
                 evaluate(model, fed.splits.test.x, fed.splits.test.y,
                          batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))

@@ -68,10 +68,10 @@ def bench(num_clients: int, rounds: int, sampled: int = 10) -> dict[str, float]:
         run_experiment(cfg, Path(tmp) / "run", progress=False)
         total = time.perf_counter() - start
         metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
-    rounds = [m["wall_seconds"] for m in metrics if m["round"] >= 1]
-    steady = sorted(rounds[1:])  # round 1 also warms up the workers
+    walls = [m["wall_seconds"] for m in metrics if m["round"] >= 1]
+    steady = sorted(walls[1:])  # round 1 also warms up the workers
     return {"clients": num_clients, "sampled": sampled, "round_s": steady[len(steady) // 2],
-            "run_s": total, "start_s": total - sum(rounds[1:]), "round_1_s": rounds[0],
+            "run_s": total, "start_s": total - sum(walls[1:]), "round_1_s": walls[0],
             "peak_rss_gib": rss.peak / 2**30}
 
 

@@ -24,14 +24,11 @@ import torch
 from benchmarks.scale import workload
 from fedbarrier.config import load_config, to_toml
 from fedbarrier.fl.simulation import resume_experiment, run_experiment
-
-TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test",
-           "measure_seconds", "measure_share"}
+from fedbarrier.runtime.rundir import without_timings
 
 
 def records(run: Path, name: str) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
-            for line in (run / name).read_text().splitlines()]
+    return [without_timings(json.loads(line)) for line in (run / name).read_text().splitlines()]
 
 
 def client_states(run: Path) -> dict[str, dict]:
@@ -41,15 +38,21 @@ def client_states(run: Path) -> dict[str, dict]:
 
 
 def same_states(a: dict[str, dict], b: dict[str, dict]) -> bool:
+    """Whether two runs saved the same state files with bit-equal tensors."""
     def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
         out = {}
         for k, v in state.items():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
         return out
 
-    return a.keys() == b.keys() and all(
-        flat(a[f]).keys() == flat(b[f]).keys()
-        and all(torch.equal(x, flat(b[f])[k]) for k, x in flat(a[f]).items()) for f in a)
+    if a.keys() != b.keys():
+        return False
+    for name in a:
+        mine, theirs = flat(a[name]), flat(b[name])
+        if mine.keys() != theirs.keys() or not all(torch.equal(v, theirs[k])
+                                                   for k, v in mine.items()):
+            return False
+    return True
 
 
 def killed_and_resumed(cfg, folder: Path, after_round: int) -> tuple[Path, float]:

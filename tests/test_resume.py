@@ -19,14 +19,12 @@ import pytest
 from fedbarrier.config import load_config, to_toml
 from fedbarrier.errors import UserError
 from fedbarrier.fl.simulation import resume_experiment, run_experiment
-from fedbarrier.runtime.rundir import RunDir
+from fedbarrier.runtime.rundir import RunDir, without_timings
 from strategies.feddc import DAISY, feddc_step
 from tests.conftest import ON_RAY, TINY, kill_processes_matching, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test",
-           "measure_seconds", "measure_share"}
 # Personal layers and persistent momentum: resume must restore client-side state too.
 RESUMABLE = TINY + ["train.rounds=4", "train.local_epochs=3", "strategy.name=fedper",
                     "train.keep_optimizer_state=true"]
@@ -43,8 +41,7 @@ CONFIGS = {"fedper": RESUMABLE, "feddc": DAISY_CHAINED, "cross-device": CROSS_DE
 
 
 def records(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
-            for line in path.read_text().splitlines()]
+    return [without_timings(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def first_difference(a, b, path: str = "") -> str:

@@ -20,16 +20,13 @@ from fedbarrier.fl import simulation
 from fedbarrier.fl.simulation import run_experiment
 from fedbarrier.measure.layers import layer_groups
 from fedbarrier.runtime.build import initial_model
+from fedbarrier.runtime.rundir import without_timings as timings_dropped
 from tests.conftest import ON_RAY, TINY
 
 # One process builds the module's tiny run and runs every test that reads it.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-run")]
-TIMINGS = {"wall_seconds", "seconds", "barrier_seconds_train", "barrier_seconds_test",
-           "measure_seconds", "measure_share"}
-
-
 def without_timings(records):
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+    return [timings_dropped(r) for r in records]
 
 
 def read(path: Path):

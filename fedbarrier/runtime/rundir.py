@@ -40,6 +40,10 @@ from fedbarrier.errors import RunAborted, UserError
 
 METRICS_FILE = "metrics.jsonl"
 BARRIERS_FILE = "barriers.jsonl"
+#: Top-level fields of metrics.jsonl and barriers.jsonl that are wall-clock measurements: the
+#: only ones that differ between two runs of one config and seed (or a run and its resume).
+TIMING_FIELDS = frozenset({"wall_seconds", "seconds", "barrier_seconds_train",
+                           "barrier_seconds_test", "measure_seconds", "measure_share"})
 RUN_MARKERS = ("config.toml", METRICS_FILE, "summary.md")  # what --force may replace
 CLIENTS_DIR = "clients"  # the clients' own state folders (client-K/round-NNNN.pt)
 ROUND_FILE = re.compile(r"round-(\d{4,})\.pt$")  # a client's state of one round
@@ -113,6 +117,11 @@ def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
                 raise
     except OSError as exc:
         raise cannot_write(path, exc) from exc
+
+
+def without_timings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` without its :data:`TIMING_FIELDS`: what must repeat exactly."""
+    return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
