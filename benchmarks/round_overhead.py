@@ -36,6 +36,7 @@ from fedbarrier.data.federation import Federation, federation
 from fedbarrier.fl.simulation import off_main_thread
 from fedbarrier.learn.local import evaluate, local_update
 from fedbarrier.runtime.build import initial_model
+from fedbarrier.runtime.process_tuning import torch_threads
 
 WORKLOAD = [
     "data.dataset=synthetic", "data.synthetic_shape=[3, 32, 32]", "data.synthetic_classes=10",
@@ -131,26 +132,20 @@ def parallel_plain_loop(cfg: Config, workers: int = 2) -> list[float]:
     shares = [list(range(i * n // workers, (i + 1) * n // workers)) for i in range(workers)]
     model = initial_model(cfg, fed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    threads = torch.get_num_threads()
     times = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(cfg,)) as pool:
-        torch.set_num_threads(1)
-        try:
-            for r in range(1, cfg.train.rounds + 1):
-                start = time.perf_counter()
-                global_state = average([pair for part in pool.map(
-                    _train_share, [global_state] * workers, shares, [r] * workers)
-                    for pair in part])
-                clients = [pool.submit(_evaluate_share, global_state, share) for share in shares]
-                model.load_state_dict(global_state)
-                evaluate(model, fed.splits.test.x, fed.splits.test.y,
-                         batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))
-                for done in clients:
-                    done.result()
-                times.append(time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(threads)
+                             initializer=_start_worker, initargs=(cfg,)) as pool, torch_threads(1):
+        for r in range(1, cfg.train.rounds + 1):
+            start = time.perf_counter()
+            global_state = average([pair for part in pool.map(
+                _train_share, [global_state] * workers, shares, [r] * workers) for pair in part])
+            clients = [pool.submit(_evaluate_share, global_state, share) for share in shares]
+            model.load_state_dict(global_state)
+            evaluate(model, fed.splits.test.x, fed.splits.test.y,
+                     batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))
+            for done in clients:
+                done.result()
+            times.append(time.perf_counter() - start)
     return times
 
 

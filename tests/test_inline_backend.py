@@ -15,7 +15,11 @@ from fedbarrier.errors import UserError
 from fedbarrier.fl.simulation import preflight
 from fedbarrier.runtime import engine_patches
 from fedbarrier.runtime.inline_backend import inline_backend, unsupported_reason
-from fedbarrier.runtime.process_tuning import default_torch_threads, torch_threads_restored
+from fedbarrier.runtime.process_tuning import (
+    default_torch_threads,
+    torch_threads,
+    torch_threads_restored,
+)
 from tests.conftest import TINY
 
 
@@ -94,3 +98,14 @@ def test_another_flower_release_refuses_inline_before_anything_is_written(monkey
         preflight(load_config(None, TINY))
     with pytest.raises(UserError, match="inline"), inline_backend():
         pass
+
+
+def test_torch_threads_sets_this_threads_count_for_the_block_only() -> None:
+    """The server's global evaluation runs on one thread while the clients hold the cores."""
+    own = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == own
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("the count comes back after an error too")
+    assert torch.get_num_threads() == own

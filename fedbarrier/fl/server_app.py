@@ -35,6 +35,7 @@ from fedbarrier.measure.hook import BarrierHook, align_models
 from fedbarrier.measure.layers import layer_groups, model_stages
 from fedbarrier.runtime.build import initial_model
 from fedbarrier.runtime.engine_patches import publishing_partitions, simulated_partitions
+from fedbarrier.runtime.process_tuning import torch_threads
 from fedbarrier.runtime.rundir import RunDir, save_state_dict
 from fedbarrier.runtime.stopping import raise_if_stop_requested
 from strategies import build_strategy
@@ -125,17 +126,17 @@ def run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: boo
     ran ~3x slower on 2 cores when both threads ran parallel ops, measured).
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     compute = ThreadPoolExecutor(1, thread_name_prefix="fedbarrier-compute",
                                  initializer=torch.set_num_threads, initargs=(threads,))
-    try:
-        _run_server(grid, cfg, run_dir, progress=progress, completed_rounds=completed_rounds,
-                    compute=compute)
-    finally:
-        # Waits for a measurement in flight (a stopped or failed round's): it must not append
-        # to barriers.jsonl after the run has ended, e.g. while a resume in this process writes.
-        compute.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)  # also the default of threads started later
+    with torch_threads(1):
+        try:
+            _run_server(grid, cfg, run_dir, progress=progress,
+                        completed_rounds=completed_rounds, compute=compute)
+        finally:
+            # Waits for a measurement in flight (a stopped or failed round's): it must not
+            # append to barriers.jsonl after the run has ended, e.g. while a resume in this
+            # process writes.
+            compute.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bool,
@@ -163,13 +164,9 @@ def _run_server(grid: Grid, cfg: Config, run_dir: RunDir | None, *, progress: bo
         a second OpenMP team on them slows everybody (see :func:`run_server`)."""
         model.load_state_dict(state)
         test = fed.splits.test
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             loss, acc = evaluate(model, test.x, test.y, batch_size=cfg.train.eval_batch_size,
                                  device=device)
-        finally:
-            torch.set_num_threads(threads)
         if run_dir is not None and cfg.output.save_client_models and server_round > 0:
             save_state_dict(run_dir.checkpoint_path(server_round, "global"), state)
         return {"global_test_loss": loss, "global_test_accuracy": acc}

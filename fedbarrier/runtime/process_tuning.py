@@ -84,6 +84,20 @@ def default_torch_threads() -> int:
 
 
 @contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """This thread runs torch with ``count`` threads inside the block, and with its own count
+    again after (which is also the count threads started later begin with)."""
+    import torch
+
+    own = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(own)
+
+
+@contextmanager
 def torch_threads_restored() -> Iterator[None]:
     """Leave torch's thread counts as they were: this thread's and the one later threads start
     with. A run sets them in its threads (the server's is single-threaded, inline clients get
